@@ -1,0 +1,256 @@
+"""Model analysis: ``torch.export`` a model and describe every prunable layer.
+
+:func:`analyze` is the first stage of the loop. It returns a :class:`ModelGraph` holding
+
+* ``table`` — a pandas DataFrame, one row per prunable layer (conv / linear), indexed by
+  the module's qualified name, in execution order;
+* ``activations`` — one row per intermediate tensor of the exported graph with its size and
+  live range (for peak-SRAM models);
+* ``groups`` — the channel dependency groups found by Torch-Pruning's dependency graph
+  (residual adds, BatchNorm, depthwise convs and flatten→linear are coupled there).
+
+All byte counts assume the dtype of the example input (float32 → 4 bytes) unless a cost
+model re-prices them for another dtype.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from hwsearch.errors import ModelError
+
+__all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
+
+log = logging.getLogger(__name__)
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_LAYER_OPS = {
+    "aten.conv1d.default": "conv1d",
+    "aten.conv2d.default": "conv2d",
+    "aten.linear.default": "linear",
+}
+# Ops that change no channel layout: the output tensor carries its first input's channel group.
+_UNKNOWN_GROUP = -1
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Layers whose output channels must be pruned together.
+
+    ``leader`` is the first member in execution order; a plan gives the group's channel ratio
+    on the leader. ``consumers`` are layers whose *input* channels shrink when the group is
+    pruned (``in_expand`` > 1 when a flatten maps one channel to several linear inputs).
+    """
+
+    gid: int
+    leader: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    channels: int
+    prunable: bool
+
+
+@dataclass
+class ModelGraph:
+    """Result of :func:`analyze`. ``model`` is the analysed module (not copied)."""
+
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    table: pd.DataFrame
+    activations: pd.DataFrame
+    groups: dict[int, ChannelGroup] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.table.index)
+
+    def group_of(self, layer: str) -> ChannelGroup | None:
+        gid = int(self.table.at[layer, "out_group"])
+        return self.groups.get(gid) if gid >= 0 else None
+
+
+def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.export(model, example_inputs)
+    except Exception as exc:  # torch raises many types here; all mean "not exportable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"torch.export failed for {type(model).__name__}: {first[:300]} — make the forward "
+            "free of data-dependent Python control flow, or pass an example input of the right shape"
+        ) from exc
+
+
+def _nbytes(val: object) -> int:
+    if isinstance(val, torch.Tensor):
+        return int(val.numel() * val.element_size())
+    if isinstance(val, (tuple, list)):
+        return sum(_nbytes(v) for v in val)
+    return 0
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    *,
+    ignored: tuple[str, ...] | None = None,
+) -> ModelGraph:
+    """Export ``model`` on ``example_inputs`` and build its layer table and channel groups.
+
+    ``ignored`` names layers whose output channels must never be pruned; the layer producing
+    the model's output is always ignored (its channels are the model's classes).
+    Raises :class:`~hwsearch.errors.ModelError` with a one-line remedy when the model cannot
+    be exported or has no prunable layer.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    model = model.eval()
+    ep = _export(model, example_inputs)
+    param_of = dict(ep.graph_signature.inputs_to_parameters)
+    modules = dict(model.named_modules())
+
+    rows: dict[str, dict] = {}
+    nodes = list(ep.graph.nodes)
+    index_of = {n: i for i, n in enumerate(nodes)}
+    act_rows = []
+    for i, node in enumerate(nodes):
+        val = node.meta.get("val")
+        if node.op in ("call_function", "placeholder") and isinstance(val, torch.Tensor):
+            is_user_input = node.op == "placeholder" and node.name in ep.graph_signature.user_inputs
+            if node.op == "call_function" or is_user_input:
+                last = max((index_of[u] for u in node.users), default=i)
+                if any(u.op == "output" for u in node.users):
+                    last = len(nodes)
+                act_rows.append({"tensor": node.name, "bytes": _nbytes(val), "shape": tuple(val.shape),
+                                 "produced": i, "last_use": last, "layer": None,
+                                 "src": [a.name for a in node.args if isinstance(a, torch.fx.Node)]})
+        if node.op != "call_function":
+            continue
+        op = _LAYER_OPS.get(str(node.target))
+        if op is None:
+            continue
+        wnode = node.args[1]
+        pname = param_of.get(getattr(wnode, "name", ""), "")
+        mname = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else ""
+        mod = modules.get(mname)
+        if not isinstance(mod, PRUNABLE_TYPES):
+            log.debug("skipping %s: weight %r is not a parameter of a conv/linear module", node.name, pname)
+            continue
+        act_rows[-1]["layer"] = mname
+        x_val = node.args[0].meta["val"]
+        y_val = val
+        w = mod.weight
+        groups = int(getattr(mod, "groups", 1))
+        if op == "linear":
+            in_c, out_c = mod.in_features, mod.out_features
+            macs = y_val.numel() * in_c
+            kind = "linear"
+            kernel: tuple[int, ...] = ()
+        else:
+            in_c, out_c = mod.in_channels, mod.out_channels
+            kernel = tuple(mod.kernel_size)
+            macs = y_val.numel() * (in_c // groups) * math.prod(kernel)
+            kind = "depthwise" if groups == in_c and groups > 1 else ("grouped" if groups > 1 else "conv")
+        params = w.numel() + (mod.bias.numel() if mod.bias is not None else 0)
+        if mname in rows:  # a module called twice: one row, summed work
+            rows[mname]["macs"] += macs
+            rows[mname]["calls"] += 1
+            continue
+        rows[mname] = {
+            "order": len(rows), "op": op, "kind": kind, "node": node.name,
+            "in_shape": tuple(x_val.shape), "out_shape": tuple(y_val.shape),
+            "weight_shape": tuple(w.shape), "in_channels": in_c, "out_channels": out_c,
+            "groups": groups, "kernel": kernel, "kernel_elems": math.prod(kernel) if kernel else 1,
+            "stride": tuple(getattr(mod, "stride", ())), "padding": tuple(getattr(mod, "padding", ()))
+            if not isinstance(getattr(mod, "padding", ()), str) else (mod.padding,),
+            "has_bias": mod.bias is not None, "macs": int(macs), "params": int(params),
+            "weight_params": int(w.numel()),
+            "act_in_bytes": _nbytes(x_val), "act_out_bytes": _nbytes(y_val),
+            "dtype_bytes": w.element_size(), "calls": 1,
+        }
+    if not rows:
+        raise ModelError(
+            f"{type(model).__name__} has no Conv1d/Conv2d/Linear layer that torch.export exposes — "
+            "hwsearch prunes conv and linear layers only")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "layer"
+
+    last_layer = table.index[-1]
+    ignored_names = set(ignored or ()) | {last_layer}
+    groups, out_group, in_group, in_expand = _channel_groups(model, example_inputs, table, ignored_names)
+    table["out_group"] = [out_group.get(n, _UNKNOWN_GROUP) for n in table.index]
+    table["in_group"] = [in_group.get(n, _UNKNOWN_GROUP) for n in table.index]
+    table["in_expand"] = [in_expand.get(n, 1) for n in table.index]
+    table["group_leader"] = [g >= 0 and groups[g].leader == n for n, g in zip(table.index, table["out_group"])]
+    table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
+
+    activations = pd.DataFrame(act_rows)
+    activations["group"] = _activation_groups(activations, out_group)
+    return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
+                      activations=activations.drop(columns=["src"]), groups=groups)
+
+
+def _channel_groups(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    table: pd.DataFrame,
+    ignored: set[str],
+) -> tuple[dict[int, ChannelGroup], dict[str, int], dict[str, int], dict[str, int]]:
+    """Torch-Pruning's dependency groups, re-keyed by layer name."""
+    name_of = {m: n for n, m in model.named_modules()}
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as exc:
+        raise ModelError(f"Torch-Pruning could not trace {type(model).__name__}: {exc}") from exc
+    groups: dict[int, ChannelGroup] = {}
+    out_group: dict[str, int] = {}
+    in_group: dict[str, int] = {}
+    in_expand: dict[str, int] = {}
+    for g in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
+        producers, consumers, channels = [], [], 0
+        for dep, idxs in g:
+            mod = dep.target.module
+            name = name_of.get(mod)
+            if name not in table.index:
+                continue
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                if name not in producers:
+                    producers.append(name)
+                channels = channels or len(idxs)
+            elif name not in consumers:
+                consumers.append(name)
+                in_expand[name] = max(1, len(idxs))
+        if not producers:
+            continue
+        producers.sort(key=lambda n: table.at[n, "order"])
+        gid = len(groups)
+        channels = int(table.at[producers[0], "out_channels"])
+        for c in consumers:
+            in_expand[c] = max(1, in_expand[c] // channels)
+        prunable = not (set(producers) & ignored)
+        groups[gid] = ChannelGroup(gid, producers[0], tuple(producers), tuple(consumers), channels, prunable)
+        for p in producers:
+            out_group[p] = gid
+        for c in consumers:
+            in_group[c] = gid
+    return groups, out_group, in_group, in_expand
+
+
+def _activation_groups(acts: pd.DataFrame, out_group: dict[str, int]) -> list[int]:
+    """Channel group of each tensor: a layer output takes its layer's group, any other op
+    inherits its first input's group (BN, ReLU, add, pooling, flatten keep the channel dim)."""
+    by_name: dict[str, int] = {}
+    result = []
+    for row in acts.itertuples():
+        if isinstance(row.layer, str):
+            g = out_group.get(row.layer, _UNKNOWN_GROUP)
+        else:
+            g = next((by_name[s] for s in row.src if s in by_name), _UNKNOWN_GROUP)
+        by_name[row.tensor] = g
+        result.append(g)
+    return result

@@ -1,0 +1,201 @@
+"""Sparsity patterns: a mask builder, validity checks and the exact storage each implies.
+
+Every pattern works on a layer's 2-D weight view ``rows × cols`` with rows = output
+channels and cols = input channels per group × kernel elements (the reduction dimension of the
+layer's GEMM), after channel pruning has removed whole rows/columns.
+
+Storage is counted in bytes, exactly, for the format a kernel would read:
+
+========== ======================================================================================
+dense      ``rows·cols`` values
+channel    dense storage of the smaller tensor (channel removal happens before this view)
+unstructured  ``nnz`` values + the smaller index of CSR (``nnz`` column indices of
+           1/2/4 bytes for cols ≤ 2⁸/2¹⁶/more, and ``rows+1`` row pointers of 2 bytes when
+           nnz < 2¹⁶ else 4) or a bitmask (``ceil(rows·cols/8)`` bytes)
+nm         ``rows·cols·N/M`` values + ``ceil(log2 M)`` bits of index metadata per kept value,
+           packed (the layout of NVIDIA's sparse tensor cores for 2:4: 2 bits per value)
+block      kept blocks × ``bh·bw`` values + BSR index: one column index per kept block
+           (1/2/4 bytes as above) and ``rows/bh + 1`` block-row pointers (2 or 4 bytes)
+========== ======================================================================================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hwsearch.errors import PlanError
+from hwsearch.plan import LayerChoice
+
+__all__ = ["Pattern", "StorageBytes", "get", "names", "register"]
+
+
+@dataclass(frozen=True)
+class StorageBytes:
+    """Bytes of one layer's weight storage: ``values_bytes`` + ``index_bytes``; ``fmt`` names
+    the format chosen (``dense``, ``csr``, ``bitmask``, ``nm``, ``bsr``)."""
+
+    values_bytes: int
+    index_bytes: int
+    fmt: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.values_bytes + self.index_bytes
+
+
+def _idx_bytes(max_value: int) -> int:
+    return 1 if max_value <= 256 else 2 if max_value <= 65536 else 4
+
+
+def _ptr_bytes(max_value: int) -> int:
+    return 2 if max_value < 65536 else 4
+
+
+class Pattern:
+    """Contract for a sparsity pattern. Subclasses are stateless and registered by ``name``.
+
+    * :meth:`check` raises :class:`PlanError` (with the fix) when a shape cannot take the choice;
+    * :meth:`weight_density` is the fraction of the 2-D view's weights kept (1.0 for structural
+      patterns: channel removal is accounted for in the view itself);
+    * :meth:`mask` returns a boolean keep-mask of ``scores``' shape (higher score = keep);
+    * :meth:`storage` returns exact bytes for ``nnz`` kept weights.
+    """
+
+    name = "dense"
+    weight_level = False  # True: zeros inside the weight tensor; False: none or whole channels
+
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
+        return None
+
+    def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
+        return 1.0
+
+    def mask(self, scores: torch.Tensor, choice: LayerChoice, min_density: float = 0.0) -> torch.Tensor:
+        return torch.ones_like(scores, dtype=torch.bool)
+
+    def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
+        return StorageBytes(rows * cols * dtype_bytes, 0, "dense")
+
+
+class Dense(Pattern):
+    name = "dense"
+
+
+class Channel(Pattern):
+    """Whole output channels removed through the dependency group (see :mod:`hwsearch.prune`)."""
+
+    name = "channel"
+
+
+class Unstructured(Pattern):
+    name = "unstructured"
+    weight_level = True
+
+    def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
+        total = rows * cols
+        kept = max(1, math.ceil(total * max(1.0 - choice.ratio, min_density) - 1e-9))
+        return min(total, kept) / total
+
+    def mask(self, scores: torch.Tensor, choice: LayerChoice, min_density: float = 0.0) -> torch.Tensor:
+        total = scores.numel()
+        kept = round(self.weight_density(1, total, choice, min_density) * total)
+        keep = torch.zeros(total, dtype=torch.bool)
+        keep[torch.topk(scores.flatten().float(), kept, sorted=False).indices] = True
+        return keep.view_as(scores)
+
+    def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
+        values = nnz * dtype_bytes
+        csr = nnz * _idx_bytes(cols) + (rows + 1) * _ptr_bytes(nnz)
+        bitmask = math.ceil(rows * cols / 8)
+        return StorageBytes(values, csr, "csr") if csr < bitmask else StorageBytes(values, bitmask, "bitmask")
+
+
+class NM(Pattern):
+    """Exactly N kept in every M consecutive weights along the reduction (input) dimension."""
+
+    name = "nm"
+    weight_level = True
+
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
+        if cols % choice.m:
+            raise PlanError(f"{choice.n}:{choice.m} sparsity on {layer!r} needs its input dimension "
+                            f"({cols} = in_channels·kernel) divisible by {choice.m}; use another pattern "
+                            "for this layer")
+
+    def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
+        return choice.n / choice.m
+
+    def mask(self, scores: torch.Tensor, choice: LayerChoice, min_density: float = 0.0) -> torch.Tensor:
+        rows = scores.shape[0]
+        s = scores.reshape(rows, -1, choice.m).float()
+        keep = torch.zeros_like(s, dtype=torch.bool)
+        keep.scatter_(-1, torch.topk(s, choice.n, dim=-1).indices, True)
+        return keep.view_as(scores)
+
+    def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
+        kept = rows * cols * choice.n // choice.m
+        bits = max(1, math.ceil(math.log2(choice.m)))
+        return StorageBytes(kept * dtype_bytes, math.ceil(kept * bits / 8), "nm")
+
+
+class Block(Pattern):
+    """Whole ``bh × bw`` blocks of the 2-D view, ranked by their summed score."""
+
+    name = "block"
+    weight_level = True
+
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
+        bh, bw = choice.block
+        if rows % bh or cols % bw:
+            raise PlanError(f"block {bh}x{bw} does not tile {layer!r}'s weight view {rows}x{cols}; "
+                            "choose a block size dividing both (e.g. 1x4, 4x1)")
+
+    def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
+        bh, bw = choice.block
+        nblocks = (rows // bh) * (cols // bw)
+        kept = max(1, math.ceil(nblocks * max(1.0 - choice.ratio, min_density) - 1e-9))
+        return min(nblocks, kept) / nblocks
+
+    def mask(self, scores: torch.Tensor, choice: LayerChoice, min_density: float = 0.0) -> torch.Tensor:
+        bh, bw = choice.block
+        rows, cols = scores.shape
+        self.check("weight", rows, cols, choice)
+        blocks = scores.float().reshape(rows // bh, bh, cols // bw, bw).sum(dim=(1, 3))
+        kept = round(self.weight_density(rows, cols, choice, min_density) * blocks.numel())
+        keep_b = torch.zeros(blocks.numel(), dtype=torch.bool)
+        keep_b[torch.topk(blocks.flatten(), kept, sorted=False).indices] = True
+        keep_b = keep_b.view_as(blocks)
+        return keep_b.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
+
+    def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
+        bh, bw = choice.block
+        kept_blocks = nnz // (bh * bw)
+        index = kept_blocks * _idx_bytes(cols // bw) + (rows // bh + 1) * _ptr_bytes(kept_blocks)
+        return StorageBytes(nnz * dtype_bytes, index, "bsr")
+
+
+_REGISTRY: dict[str, Pattern] = {}
+
+
+def register(pattern: Pattern) -> Pattern:
+    """Add a pattern instance to the registry under ``pattern.name``."""
+    _REGISTRY[pattern.name] = pattern
+    return pattern
+
+
+def get(name: str) -> Pattern:
+    """The registered pattern called ``name``; :class:`PlanError` lists valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise PlanError(f"unknown pattern {name!r}; valid: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+for _p in (Dense(), Channel(), Unstructured(), NM(), Block()):
+    register(_p)
