@@ -35,7 +35,9 @@ _LAYER_OPS = {
     "aten.conv2d.default": "conv2d",
     "aten.linear.default": "linear",
 }
-# Ops that change no channel layout: the output tensor carries its first input's channel group.
+# Compute-heavy ops hwsearch does not price or prune: reported as coverage gaps, never ignored.
+_UNCOVERED_OPS = ("conv3d", "conv_transpose", "convolution", "matmul", "bmm", ".mm.", "addmm", "baddbmm",
+                  "einsum", "scaled_dot_product_attention", "embedding")
 _UNKNOWN_GROUP = -1
 
 
@@ -65,6 +67,7 @@ class ModelGraph:
     table: pd.DataFrame
     activations: pd.DataFrame
     groups: dict[int, ChannelGroup] = field(default_factory=dict)
+    uncovered: tuple[str, ...] = ()  # "node (aten op)" for compute ops with no layer row
 
     @property
     def layers(self) -> list[str]:
@@ -118,6 +121,7 @@ def analyze(
     nodes = list(ep.graph.nodes)
     index_of = {n: i for i, n in enumerate(nodes)}
     act_rows = []
+    uncovered: list[str] = []
     for i, node in enumerate(nodes):
         val = node.meta.get("val")
         if node.op in ("call_function", "placeholder") and isinstance(val, torch.Tensor):
@@ -133,13 +137,15 @@ def analyze(
             continue
         op = _LAYER_OPS.get(str(node.target))
         if op is None:
+            if any(k in str(node.target) for k in _UNCOVERED_OPS):
+                uncovered.append(f"{node.name} ({node.target})")
             continue
         wnode = node.args[1]
         pname = param_of.get(getattr(wnode, "name", ""), "")
         mname = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else ""
         mod = modules.get(mname)
         if not isinstance(mod, PRUNABLE_TYPES):
-            log.debug("skipping %s: weight %r is not a parameter of a conv/linear module", node.name, pname)
+            uncovered.append(f"{node.name} ({node.target}, weight {pname or 'not a parameter'})")
             continue
         act_rows[-1]["layer"] = mname
         x_val = node.args[0].meta["val"]
@@ -192,7 +198,8 @@ def analyze(
     activations = pd.DataFrame(act_rows)
     activations["group"] = _activation_groups(activations, out_group)
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
-                      activations=activations.drop(columns=["src"]), groups=groups)
+                      activations=activations.drop(columns=["src"]), groups=groups,
+                      uncovered=tuple(uncovered))
 
 
 def _channel_groups(

@@ -1,0 +1,168 @@
+"""Devices as data: versioned, validated target spec files.
+
+A spec is a TOML file under ``targets/specs/`` (or any path a user gives). Every numeric
+figure is a table ``{ value = ..., source = "..." }`` naming where it came from — a datasheet,
+a paper, or a measurement file in this repository; a figure without a source is refused.
+
+Schema (``schema_version = 1``)::
+
+    schema_version = 1
+    name = "host-x86"            # registry key
+    version = "1"
+    kind = "cpu"                 # cpu | mcu | gpu
+    description = "..."
+    dtypes = ["fp32"]
+    [compute]   clock_hz, cores, macs_per_cycle_fp32, ... (figures)
+    [memory]    flash_bytes, sram_bytes, dram_bandwidth_Bps, ... (figures)
+    [patterns.<name>]  kernel = bool, speedup = bool, ... per sparsity pattern
+    [measure]   backend = "tvm-local" | "tvm-rpc" | "mcu-qemu" | "cuda-2of4" | "none", plus its settings
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwsearch.errors import SpecError
+
+__all__ = ["Figure", "TargetSpec", "load_spec", "list_targets", "get_target", "SPEC_DIR", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+SPEC_DIR = Path(__file__).parent / "specs"
+KINDS = ("cpu", "mcu", "gpu")
+BACKENDS = ("tvm-local", "tvm-rpc", "mcu-qemu", "cuda-2of4", "none")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A number with the source it came from."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A validated target. ``compute``/``memory`` hold :class:`Figure` values by key;
+    ``patterns`` maps pattern name → its settings; ``measure`` the backend settings."""
+
+    name: str
+    version: str
+    kind: str
+    description: str
+    dtypes: tuple[str, ...]
+    compute: dict[str, Figure]
+    memory: dict[str, Figure]
+    patterns: dict[str, dict[str, Any]]
+    measure: dict[str, Any]
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self, section: str, key: str) -> float:
+        """``spec.figure("compute", "clock_hz")``; :class:`SpecError` names the file when missing."""
+        table = getattr(self, section)
+        if key not in table:
+            raise SpecError(f"target {self.name!r} ({self.path}) has no [{section}] {key}; add it with a source")
+        return float(table[key].value)
+
+    def has(self, section: str, key: str) -> bool:
+        return key in getattr(self, section)
+
+    def accelerates(self, pattern: str) -> bool:
+        """True when the target has a kernel for ``pattern`` that runs faster than dense."""
+        p = self.patterns.get(pattern, {})
+        return bool(p.get("kernel", False) and p.get("speedup", False))
+
+    def allows(self, pattern: str) -> bool:
+        """True when the target can run ``pattern`` at all (dense always)."""
+        return pattern == "dense" or bool(self.patterns.get(pattern, {}).get("kernel", False))
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _figures(path: Path, section: str, raw: Any) -> dict[str, Figure]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: [{section}] must be a table of figures")
+    out = {}
+    for key, val in raw.items():
+        if isinstance(val, dict) and "value" in val:
+            src = val.get("source")
+            if not isinstance(src, str) or not src.strip():
+                raise SpecError(f"{path}: [{section}] {key} has no source; every figure cites a datasheet, "
+                                "paper or measurement file: {{ value = ..., source = \"...\" }}")
+            try:
+                out[key] = Figure(float(val["value"]), src)
+            except (TypeError, ValueError):
+                raise SpecError(f"{path}: [{section}] {key} value {val['value']!r} is not a number") from None
+        elif isinstance(val, (int, float)) and not isinstance(val, bool):
+            raise SpecError(f"{path}: [{section}] {key} = {val} has no source; write "
+                            f"{key} = {{ value = {val}, source = \"...\" }}")
+        # non-numeric entries (strings, lists) are settings, kept out of figures
+    return out
+
+
+def load_spec(path: str | Path) -> TargetSpec:
+    """Read and validate a spec file. Raises :class:`SpecError` (one line, with the fix)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"target spec {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: malformed TOML ({exc}); fix the file or restore it from git") from None
+    ver = data.get("schema_version")
+    if ver != SCHEMA_VERSION:
+        raise SpecError(f"{path}: schema_version {ver!r} is not supported (this hwsearch reads "
+                        f"{SCHEMA_VERSION}); set schema_version = {SCHEMA_VERSION} and check the fields")
+    for key in ("name", "version", "kind"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise SpecError(f"{path}: missing string field {key!r}")
+    if data["kind"] not in KINDS:
+        raise SpecError(f"{path}: kind {data['kind']!r} unknown; use one of {', '.join(KINDS)}")
+    measure = dict(data.get("measure", {}))
+    backend = measure.get("backend", "none")
+    if backend not in BACKENDS:
+        raise SpecError(f"{path}: [measure] backend {backend!r} unknown; use one of {', '.join(BACKENDS)}")
+    patterns = data.get("patterns", {})
+    if not isinstance(patterns, dict) or not all(isinstance(v, dict) for v in patterns.values()):
+        raise SpecError(f"{path}: [patterns.<name>] entries must be tables")
+    from hwsearch.plan import PATTERN_NAMES
+    bad = set(patterns) - set(PATTERN_NAMES)
+    if bad:
+        raise SpecError(f"{path}: unknown patterns {sorted(bad)}; valid: {', '.join(PATTERN_NAMES)}")
+    known = {"schema_version", "name", "version", "kind", "description", "dtypes", "compute", "memory",
+             "patterns", "measure"}
+    return TargetSpec(
+        name=data["name"], version=data["version"], kind=data["kind"],
+        description=str(data.get("description", "")), dtypes=tuple(data.get("dtypes", ["fp32"])),
+        compute=_figures(path, "compute", data.get("compute")),
+        memory=_figures(path, "memory", data.get("memory")),
+        patterns={k: dict(v) for k, v in patterns.items()}, measure=measure, path=path,
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def list_targets() -> dict[str, TargetSpec]:
+    """Every spec shipped in ``targets/specs``, by name."""
+    specs = {}
+    for p in sorted(SPEC_DIR.glob("*.toml")):
+        s = load_spec(p)
+        specs[s.name] = s
+    return specs
+
+
+def get_target(name_or_path: str | Path) -> TargetSpec:
+    """A shipped target by name, or a spec file by path; :class:`SpecError` lists the names."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return load_spec(p)
+    specs = list_targets()
+    if str(name_or_path) not in specs:
+        raise SpecError(f"unknown target {str(name_or_path)!r}; valid: {', '.join(sorted(specs))} "
+                        "(or give a path to a spec .toml)")
+    return specs[str(name_or_path)]
