@@ -9,6 +9,14 @@
 * ``groups`` — the channel dependency groups found by Torch-Pruning's dependency graph
   (residual adds, BatchNorm, depthwise convs and flatten→linear are coupled there).
 
+Channel columns of the table: ``out_group`` (group of the layer's output channels, -1 when
+untraceable), ``in_group`` (the group feeding the layer's first input columns, -1 if none),
+``in_expand`` (input columns per channel of ``in_group``: >1 after a flatten) and ``in_slices``
+— every group feeding the layer as ``(gid, offset, expand)``: channel ``c`` of group ``gid``
+occupies input columns ``offset + c·expand … offset + (c+1)·expand - 1``. A layer fed by a
+``torch.cat`` of two branches has two slices; columns no slice covers come from tensors no
+prunable layer produces (e.g. the model input) and are never pruned.
+
 All byte counts assume the dtype of the example input (float32 → 4 bytes) unless a cost
 model re-prices them for another dtype.
 """
@@ -188,10 +196,11 @@ def analyze(
 
     last_layer = table.index[-1]
     ignored_names = set(ignored or ()) | {last_layer}
-    groups, out_group, in_group, in_expand = _channel_groups(model, example_inputs, table, ignored_names)
+    groups, out_group, in_slices = _channel_groups(model, example_inputs, table, ignored_names)
     table["out_group"] = [out_group.get(n, _UNKNOWN_GROUP) for n in table.index]
-    table["in_group"] = [in_group.get(n, _UNKNOWN_GROUP) for n in table.index]
-    table["in_expand"] = [in_expand.get(n, 1) for n in table.index]
+    table["in_group"] = [in_slices[n][0][0] if in_slices.get(n) else _UNKNOWN_GROUP for n in table.index]
+    table["in_expand"] = [in_slices[n][0][2] if in_slices.get(n) else 1 for n in table.index]
+    table["in_slices"] = [tuple(in_slices.get(n, ())) for n in table.index]
     table["group_leader"] = [g >= 0 and groups[g].leader == n for n, g in zip(table.index, table["out_group"])]
     table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
 
@@ -207,8 +216,13 @@ def _channel_groups(
     example_inputs: tuple[torch.Tensor, ...],
     table: pd.DataFrame,
     ignored: set[str],
-) -> tuple[dict[int, ChannelGroup], dict[str, int], dict[str, int], dict[str, int]]:
-    """Torch-Pruning's dependency groups, re-keyed by layer name."""
+) -> tuple[dict[int, ChannelGroup], dict[str, int], dict[str, list[tuple[int, int, int]]]]:
+    """Torch-Pruning's dependency groups, re-keyed by layer name.
+
+    Returns the groups, the output group of each producer and, for each consumer, its input
+    slices ``(gid, offset, expand)`` sorted by offset (see the module docstring). A group whose
+    consumer columns are not one contiguous run (a permuting reshape) is marked not prunable.
+    """
     name_of = {m: n for n, m in model.named_modules()}
     try:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
@@ -216,36 +230,45 @@ def _channel_groups(
         raise ModelError(f"Torch-Pruning could not trace {type(model).__name__}: {exc}") from exc
     groups: dict[int, ChannelGroup] = {}
     out_group: dict[str, int] = {}
-    in_group: dict[str, int] = {}
-    in_expand: dict[str, int] = {}
+    in_slices: dict[str, list[tuple[int, int, int]]] = {}
     for g in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
-        producers, consumers, channels = [], [], 0
+        producers: list[str] = []
+        consumer_idxs: dict[str, list[list[int]]] = {}
         for dep, idxs in g:
-            mod = dep.target.module
-            name = name_of.get(mod)
+            name = name_of.get(dep.target.module)
             if name not in table.index:
                 continue
             if dg.is_out_channel_pruning_fn(dep.handler):
                 if name not in producers:
                     producers.append(name)
-                channels = channels or len(idxs)
-            elif name not in consumers:
-                consumers.append(name)
-                in_expand[name] = max(1, len(idxs))
+            else:
+                cols = sorted(int(i) for i in idxs)
+                if cols not in consumer_idxs.setdefault(name, []):
+                    consumer_idxs[name].append(cols)
         if not producers:
             continue
         producers.sort(key=lambda n: table.at[n, "order"])
         gid = len(groups)
         channels = int(table.at[producers[0], "out_channels"])
-        for c in consumers:
-            in_expand[c] = max(1, in_expand[c] // channels)
         prunable = not (set(producers) & ignored)
-        groups[gid] = ChannelGroup(gid, producers[0], tuple(producers), tuple(consumers), channels, prunable)
+        slices: list[tuple[str, int, int]] = []
+        for c, runs in consumer_idxs.items():
+            for cols in runs:
+                expand = len(cols) // channels
+                if expand < 1 or len(cols) % channels or cols != list(range(cols[0], cols[0] + len(cols))):
+                    log.warning("channel group of %s feeds %s through a non-contiguous index map; "
+                                "its channels will not be pruned", producers[0], c)
+                    prunable = False
+                    continue
+                slices.append((c, cols[0], expand))
+        groups[gid] = ChannelGroup(gid, producers[0], tuple(producers), tuple(consumer_idxs), channels, prunable)
         for p in producers:
             out_group[p] = gid
-        for c in consumers:
-            in_group[c] = gid
-    return groups, out_group, in_group, in_expand
+        for c, offset, expand in slices:
+            in_slices.setdefault(c, []).append((gid, offset, expand))
+    for c in in_slices:
+        in_slices[c].sort(key=lambda t: t[1])
+    return groups, out_group, in_slices
 
 
 def _activation_groups(acts: pd.DataFrame, out_group: dict[str, int]) -> list[int]:

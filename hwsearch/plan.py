@@ -21,7 +21,8 @@ import pandas as pd
 
 from hwsearch.errors import PlanError
 
-__all__ = ["LayerChoice", "Plan", "resolve", "kept_channels", "PATTERN_NAMES"]
+__all__ = ["LayerChoice", "Plan", "resolve", "kept_channels", "channel_segments", "input_slices",
+           "PATTERN_NAMES"]
 
 PATTERN_NAMES = ("dense", "unstructured", "channel", "nm", "block")
 
@@ -139,6 +140,89 @@ def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: f
     return int(min(channels, kept))
 
 
+def _is_coupled_depthwise(row: pd.Series) -> bool:
+    """A depthwise conv whose input and output channels are the same group (pruned together)."""
+    return row["kind"] == "depthwise" and int(row["in_channels"]) == int(row["out_channels"])
+
+
+def input_slices(row: pd.Series) -> tuple[tuple[int, int, int], ...]:
+    """``(gid, offset, expand)`` for every channel group feeding the layer of table row ``row``
+    (see :mod:`hwsearch.graph`); falls back to ``in_group``/``in_expand`` for tables made
+    before the ``in_slices`` column existed."""
+    sl = row["in_slices"] if "in_slices" in row.index else None
+    if sl is None or isinstance(sl, float):
+        ig = int(row["in_group"])
+        return ((ig, 0, int(row["in_expand"])),) if ig >= 0 else ()
+    return tuple((int(g), int(o), int(e)) for g, o, e in sl)
+
+
+def channel_segments(table: pd.DataFrame, groups: Mapping, gid: int) -> list[int] | None:
+    """Segment id of every channel of group ``gid`` when grouped convolutions constrain it.
+
+    A grouped conv (``1 < groups``, not a plain depthwise) can only lose the same number of
+    channels in each of its conv groups, on its output side (it produces ``gid``) and on its
+    input side (it consumes ``gid``). The channels of ``gid`` are split into the common
+    refinement of all those conv-group boundaries; a pruning decision keeps the same count in
+    every segment. Returns ``None`` when no grouped conv touches the group. Raises
+    :class:`PlanError` when the boundaries give segments of unequal size (then no balanced
+    choice exists).
+    """
+    g = groups[gid]
+    channels = int(g.channels)
+    keys: list[list[int]] = [[] for _ in range(channels)]
+    constrained = False
+    for p in g.producers:
+        row = table.loc[p]
+        ng = int(row["groups"])
+        if ng > 1 and not _is_coupled_depthwise(row):
+            per = channels // ng
+            for c in range(channels):
+                keys[c].append(c // per)
+            constrained = True
+    for layer in g.consumers:
+        if layer not in table.index:
+            continue
+        row = table.loc[layer]
+        ng = int(row["groups"])
+        if ng <= 1 or _is_coupled_depthwise(row):
+            continue
+        per_in = int(row["in_channels"]) // ng
+        for sg, off, e in input_slices(row):
+            if sg == gid:
+                for c in range(channels):
+                    keys[c].append((off + c * e) // per_in)
+                constrained = True
+    if not constrained:
+        return None
+    ids: dict[tuple[int, ...], int] = {}
+    seg = [ids.setdefault(tuple(k), len(ids)) for k in keys]
+    sizes = {seg.count(i) for i in ids.values()}
+    if len(sizes) > 1:
+        raise PlanError(f"channel group of {g.leader!r} meets grouped convolutions whose group boundaries "
+                        f"cut it into unequal parts (sizes {sorted(sizes)}); no balanced channel choice "
+                        "exists — leave this group dense or use a weight pattern")
+    return seg
+
+
+def _kept_in_group(channels: int, ratio: float, multiple: int, min_density: float, nseg: int,
+                   leader: str) -> int:
+    """Channels kept in a group whose choice must keep the same count in each of ``nseg``
+    equal segments (``nseg`` = 1: unconstrained, see :func:`kept_channels`)."""
+    if nseg <= 1:
+        return kept_channels(channels, ratio, multiple, min_density)
+    if nseg >= channels:
+        raise PlanError(f"channel group of {leader!r} cannot be pruned: a grouped convolution has one "
+                        "channel per conv group there; leave the group dense")
+    step = math.lcm(multiple, nseg)
+    if channels % step:
+        step = nseg
+    kept = max(step, int(round(channels * (1.0 - ratio) / step)) * step)
+    floor = math.ceil(min_density * channels - 1e-9)
+    if kept < floor:
+        kept = math.ceil(floor / step) * step
+    return int(min(channels, kept))
+
+
 def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multiple: int = 8,
             min_density: float = 0.0) -> pd.DataFrame:
     """Concrete per-layer figures of ``plan`` on a layer table (see :func:`hwsearch.graph.analyze`).
@@ -147,8 +231,13 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     ``kept_out``, ``kept_in``, ``out_frac``, ``in_frac`` (fractions of channels kept),
     ``weight_density`` (density of the weight-level pattern on the remaining weights),
     ``dense_macs`` (MACs after channel removal), ``dense_weights`` (weights after channel removal),
-    ``nnz`` (nonzero weights kept). Raises :class:`PlanError` for unknown layers, channel
-    ratios on layers that cannot take them, and shapes a pattern cannot tile.
+    ``nnz`` (nonzero weights kept) and ``min_density_binds`` (the ``min_density`` floor raised
+    this layer's kept weights or its group's kept channels above what the ratio asks).
+    A layer fed by several channel groups (``torch.cat``) loses the pruned columns of each.
+    Grouped convolutions keep the same number of channels in every conv group (the kept count
+    is rounded to a multiple of the number of segments, see :func:`channel_segments`).
+    Raises :class:`PlanError` for unknown layers, channel ratios on layers that cannot take
+    them, grouped convs left unbalanced, and shapes a pattern cannot tile.
     """
     from hwsearch import patterns  # local import: patterns imports plan
 
@@ -156,8 +245,8 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     if unknown:
         raise PlanError(f"plan names layers not in the model: {sorted(unknown)}; valid layers: "
                         f"{', '.join(table.index)}")
-    group_frac: dict[int, float] = {}
     group_kept: dict[int, int] = {}
+    group_binds: dict[int, bool] = {}
     for layer in table.index:
         choice = plan.get_choice(layer)
         if choice.pattern != "channel":
@@ -171,35 +260,57 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
             raise PlanError(f"layer {layer!r} is coupled with {leader!r} (channel group {gid}); "
                             f"give the channel ratio on {leader!r}")
         c = int(table.at[layer, "out_channels"])
-        k = kept_channels(c, choice.ratio, channel_multiple, min_density)
+        seg = channel_segments(table, groups, gid)
+        nseg = len(set(seg)) if seg is not None else 1
+        k = _kept_in_group(c, choice.ratio, channel_multiple, min_density, nseg, layer)
         group_kept[gid] = k
-        group_frac[gid] = k / c
+        group_binds[gid] = min_density > 0 and k > _kept_in_group(c, choice.ratio, channel_multiple, 0.0, nseg, layer)
+
+    def removed_frac(gid: int) -> float:
+        return 1.0 - group_kept[gid] / int(groups[gid].channels)
 
     out = table.copy()
     rows = []
     for layer, row in table.iterrows():
         choice = plan.get_choice(layer)
-        og, ig = int(row["out_group"]), int(row["in_group"])
-        of = group_frac.get(og, 1.0)
-        inf = group_frac.get(ig, 1.0)
-        kept_out = int(round(row["out_channels"] * of))
-        kept_in = int(round(row["in_channels"] * inf))
+        og = int(row["out_group"])
+        in_c, out_c = int(row["in_channels"]), int(row["out_channels"])
         groups_ = int(row["groups"])
-        if row["kind"] == "depthwise":
+        kept_out = group_kept.get(og, out_c)
+        of = kept_out / out_c
+        slices = [sl for sl in input_slices(row) if sl[0] in group_kept]
+        if _is_coupled_depthwise(row):
+            kept_in = kept_out
+        else:
+            kept_in = in_c - sum(int(round(groups[g].channels * removed_frac(g))) * e for g, _, e in slices)
+        inf = kept_in / in_c
+        if _is_coupled_depthwise(row):
             per_group_in, eff_groups = 1, kept_out
         else:
-            if groups_ > 1 and (of < 1.0 or inf < 1.0):
-                raise PlanError(f"grouped conv {layer!r} (groups={groups_}) inside a pruned channel group "
-                                "is not supported; leave its group dense")
+            if groups_ > 1 and slices:
+                per = in_c // groups_
+                kept_per_conv_group = [per] * groups_
+                for g, off, e in slices:
+                    frac = removed_frac(g)
+                    for j in range(groups_):
+                        n_in_j = sum(1 for c in range(groups[g].channels) if j * per <= off + c * e < (j + 1) * per)
+                        kept_per_conv_group[j] -= int(round(n_in_j * frac))
+                if len(set(kept_per_conv_group)) > 1:
+                    feeders = ", ".join(repr(groups[g].leader) for g, _, _ in input_slices(row))
+                    raise PlanError(f"grouped conv {layer!r} (groups={groups_}) would keep unequal input "
+                                    f"channels per conv group {kept_per_conv_group}; give the channel groups "
+                                    f"feeding it ({feeders}) ratios that remove the same share of every "
+                                    "conv group, or leave them dense")
             per_group_in, eff_groups = kept_in // groups_, groups_
-        spatial = int(row["macs"]) // max(1, int(row["out_channels"]) * (int(row["in_channels"]) // groups_)
-                                          * int(row["kernel_elems"]))
+        spatial = int(row["macs"]) // max(1, out_c * (in_c // groups_) * int(row["kernel_elems"]))
         dense_macs = spatial * kept_out * per_group_in * int(row["kernel_elems"])
         dense_weights = kept_out * per_group_in * int(row["kernel_elems"])
         pat = patterns.get(choice.pattern)
         cols = per_group_in * int(row["kernel_elems"])
         pat.check(layer, kept_out, cols, choice)
         density = pat.weight_density(kept_out, cols, choice, min_density)
+        weight_binds = bool(min_density > 0 and choice.pattern in ("unstructured", "block")
+                            and density > pat.weight_density(kept_out, cols, choice, 0.0) + 1e-12)
         rows.append({
             "pattern": choice.pattern, "ratio": choice.ratio, "n": choice.n, "m": choice.m,
             "block": choice.block, "kept_out": kept_out, "kept_in": kept_in, "eff_groups": eff_groups,
@@ -208,8 +319,7 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
             "nnz": int(round(dense_weights * density)),
             "act_out_bytes_kept": int(round(row["act_out_bytes"] * of)),
             "act_in_bytes_kept": int(round(row["act_in_bytes"] * inf)),
-            "min_density_binds": bool(min_density > 0 and choice.pattern in ("unstructured", "block")
-                                      and choice.ratio > 1.0 - min_density + 1e-9),
+            "min_density_binds": weight_binds or (choice.pattern == "channel" and group_binds.get(og, False)),
         })
     extra = pd.DataFrame(rows, index=table.index)
     for col in extra.columns:

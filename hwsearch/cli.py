@@ -1,0 +1,217 @@
+"""``hwsearch`` command line: a thin layer over the Python API.
+
+Every user error prints one line (``hwsearch: error: …`` with the fix) and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hwsearch.errors import HwsearchError
+
+__all__ = ["main"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="host-x86", help="target name (see `hwsearch targets`) or spec .toml path")
+    p.add_argument("--model", default=None, help="module:function returning a trained nn.Module "
+                   "(or (module, example_input)); default: the embedded MNIST-1D CNN")
+    p.add_argument("--data", default=None, help="module:function returning a hwsearch.zoo.Dataset or tensors "
+                   "(x_train, y_train, x_val, y_val); default: MNIST-1D generated locally")
+
+
+def _search_parser(sub) -> None:
+    p = sub.add_parser("search", help="find per-layer sparsity for a device (search → measure → refit rounds)",
+                       description="Search per-layer sparsity plans on a target: Optuna trials priced by the "
+                       "cost model, the Pareto winners measured (TVM on the host), the cost model refit, "
+                       "for --rounds rounds. Rerun the same command to resume.")
+    _add_common(p)
+    p.add_argument("--out", type=Path, default=Path("hwsearch-out"), help="output directory (default hwsearch-out)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<out>/study.db; "
+                   "postgresql://…, or journal:<file>)")
+    p.add_argument("--study", default="hwsearch", help="study name prefix (rounds are <study>-round<r>)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--trials", type=int, default=60, help="trials per round")
+    p.add_argument("--measure-top-k", type=int, default=3, help="Pareto plans measured per round")
+    p.add_argument("--mode", choices=["quick", "tuned"], default=None,
+                   help="measuring mode: quick (best of sampled schedules) or tuned (MetaSchedule)")
+    p.add_argument("--tuning-trials", type=int, default=64, help="MetaSchedule trials per model (tuned mode)")
+    p.add_argument("--samples", type=int, default=8, help="schedules sampled per kernel (quick mode)")
+    p.add_argument("--patterns", default="dense,unstructured,channel",
+                   help="comma-separated patterns to search (dense,unstructured,channel,nm,block)")
+    p.add_argument("--criterion", default="magnitude", help="importance criterion")
+    p.add_argument("--max-ratio", type=float, default=0.9)
+    p.add_argument("--min-density", type=float, default=0.05, help="layer-collapse guard: minimum density per layer")
+    p.add_argument("--channel-multiple", type=int, default=8, help="round kept channels to this multiple")
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps per trial before evaluation")
+    p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency-budget-us", type=float, default=None, help="latency budget (µs) as a hard constraint")
+    p.add_argument("--flash-budget-kb", type=float, default=None, help="weight storage budget (KiB)")
+    p.add_argument("--sram-budget-kb", type=float, default=None, help="peak activation memory budget (KiB)")
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a tuned deployment of a searched plan",
+                       description="Write a bundle (model.pt2, the target's compiled library, manifest.json) "
+                       "for a plan measured by `hwsearch search`.")
+    p.add_argument("--from", dest="search_dir", type=Path, default=Path("hwsearch-out"),
+                   help="the search's output directory")
+    p.add_argument("--plan", dest="plan_key", default=None, help="plan key to export (default: fastest measured "
+                   "plan within --max-drop of the dense accuracy)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="accepted accuracy drop (absolute fraction)")
+    p.add_argument("--out", type=Path, default=None, help="bundle directory (default <from>/export-<plan>)")
+
+
+def _targets_parser(sub) -> None:
+    p = sub.add_parser("targets", help="list the shipped targets, or show one",
+                       description="List target specs shipped with hwsearch, or show one with its sources.")
+    p.add_argument("name", nargs="?", help="a target to show in full")
+
+
+def _cmd_search(a: argparse.Namespace) -> int:
+    from hwsearch import zoo
+    from hwsearch.search import SearchConfig, search
+
+    cfg = SearchConfig(
+        out_dir=a.out, target=a.target, model=a.model or zoo.REFERENCE[0], data=a.data or zoo.REFERENCE[1],
+        storage=a.storage, study_name=a.study, rounds=a.rounds, trials=a.trials, measure_top_k=a.measure_top_k,
+        mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
+        patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
+        max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
+        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed,
+        latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
+        flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
+        sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)
+    con = _console()
+    res = search(cfg, progress=lambda m: con.print(f"[dim]·[/dim] {m}"), show_bars=sys.stderr.isatty())
+    _print_front(con, res)
+    con.print(f"\nwrote to {res.out_dir}/:")
+    for name, path in res.files.items():
+        con.print(f"  {name:13s} {path}")
+    last = res.rounds[-1].study_name
+    con.print(f"open the study: optuna.load_study(study_name={last!r}, storage={cfg.storage_url()!r})")
+    return 0
+
+
+def _print_front(con, res) -> None:
+    from rich.table import Table
+
+    for r in res.rounds:
+        if r.fit:
+            held = (f"; previous model on this round's new plans: {r.heldout['mape']:.1%}" if r.heldout else "")
+            con.print(f"round {r.round}: {r.trials} trials, {len(r.measured)} measured; cost-model error on measured "
+                      f"plans {r.fit.mape_before:.1%} (analytical) → {r.fit.mape_after:.1%} (refit){held}")
+    df = res.front
+    dense = df.attrs.get("dense_latency_s")
+    t = Table(title=f"Pareto plans, last round (dense: {dense * 1e6:.1f} µs measured)" if dense else "Pareto plans")
+    for col in ("plan", "accuracy", "predicted µs", "measured µs", "speed-up", "flash KiB", "layers"):
+        t.add_column(col, justify="right" if col not in ("plan", "layers") else "left")
+    for _, row in df.iterrows():
+        meas = row["measured_latency_s"]
+        has = meas == meas
+        t.add_row(row["plan_key"], f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
+                  f"{meas * 1e6:.1f}" if has else "—", f"{dense / meas:.2f}×" if has and dense else "—",
+                  f"{(row['flash_bytes'] or 0) / 1024:.1f}", row["describe"][:70])
+    con.print(t)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from hwsearch import export, zoo
+    from hwsearch.errors import StoreError
+    from hwsearch.graph import analyze
+    from hwsearch.plan import Plan
+    from targets.spec import get_target
+
+    summary_path = a.search_dir / "summary.json"
+    if not summary_path.exists():
+        raise StoreError(f"{summary_path} not found: give --from the output directory of `hwsearch search`")
+    summary = json.loads(summary_path.read_text())
+    cfg = summary.get("config", {})
+    rec = export.pick_plan(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop)
+    plan = Plan.from_dict(rec["plan"])
+    target = get_target(cfg.get("target", "host-x86"))
+    model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
+    if example is None:
+        example = zoo.load_data(cfg.get("data", zoo.REFERENCE[1])).example_input
+    graph = analyze(model, example)
+    out = a.out or a.search_dir / f"export-{plan.key}"
+    con = _console()
+    con.print(f"exporting plan {plan.key} ({plan.describe()}) for {target.identity} to {out}")
+    manifest = export.bundle(graph, plan, target, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
+                             min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
+                             record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
+                             tvm_work_dir=a.search_dir / "tvm")
+    for k, v in manifest["artifacts"].items():
+        con.print(f"  {k}: {v}")
+    con.print(f"  manifest: {out / 'manifest.json'}")
+    return 1 if "error" in manifest["artifacts"] else 0
+
+
+def _cmd_targets(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from targets.spec import get_target, list_targets
+
+    con = _console()
+    if a.name:
+        s = get_target(a.name)
+        con.print(f"[bold]{s.identity}[/bold] ({s.kind}) — {s.description}\nspec: {s.path}")
+        for section in ("compute", "memory"):
+            for k, f in getattr(s, section).items():
+                con.print(f"  {section}.{k} = {f.value:g}    [dim]{f.source}[/dim]")
+        for p, d in s.patterns.items():
+            con.print(f"  patterns.{p}: {d}")
+        con.print(f"  measure: {s.measure}")
+        return 0
+    t = Table(title="targets")
+    for col in ("name", "kind", "backend", "accelerated patterns", "description"):
+        t.add_column(col)
+    for name, s in list_targets().items():
+        acc = ", ".join(p for p in s.patterns if s.accelerates(p)) or "—"
+        t.add_row(name, s.kind, str(s.measure.get("backend", "none")), acc, s.description)
+    con.print(t)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwsearch", description="Hardware-aware per-layer sparsity search.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _search_parser(sub)
+    _export_parser(sub)
+    _targets_parser(sub)
+    return p
+
+
+_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return globals()[_COMMANDS[a.cmd]](a)
+    except HwsearchError as exc:
+        print(f"hwsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwsearch: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Measure a plan on a target's backend and turn the result into a measurement record.
+
+The backend is chosen by the target spec's ``[measure] backend``. A failed build or run comes
+back as a record with ``error`` set; the search goes on.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from hwsearch.graph import ModelGraph
+from hwsearch.plan import Plan
+
+__all__ = ["measure_model", "map_layer_timings", "versions"]
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with every measurement and export."""
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("tvm", "optuna", "torch_pruning"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # a missing optional library is simply not recorded
+            pass
+    return out
+
+
+def map_layer_timings(graph: ModelGraph, folded: nn.Module, layers: list[dict]) -> dict[str, float]:
+    """Assign per-function timings (in execution order, with the weight shape each consumes) to
+    the table's layers: the k-th layer takes the next timing whose weight has the same number of
+    elements as the folded layer's weight. Unmatched layers are left out (not zero)."""
+    mods = dict(folded.named_modules())
+    out: dict[str, float] = {}
+    pos = 0
+    timed = [t for t in layers if t.get("weight_shape")]
+    for layer in graph.table.index:
+        numel = mods[layer].weight.numel()
+        for j in range(pos, len(timed)):
+            shape = timed[j]["weight_shape"]
+            n = 1
+            for s in shape:
+                n *= int(s)
+            if n == numel:
+                out[layer] = float(timed[j]["median_s"])
+                pos = j + 1
+                break
+    return out
+
+
+def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir: Path, mode: str | None = None,
+                  tuning_trials: int = 64, samples: int = 8) -> dict[str, Any]:
+    """Measure ``folded`` (a physically pruned model) on ``target``. Returns the backend's fields
+    (``latency_s``, spread, ``layers``…, ``error``) plus ``layer_s`` mapped to layer names."""
+    backend = target.measure.get("backend", "none")
+    mode = mode or target.measure.get("mode", "quick")
+    if backend in ("tvm-local", "tvm-rpc"):
+        try:
+            from targets import tvm as tvm_backend
+        except Exception as exc:  # the TVM stack failed to import: a record, not a crash
+            return _error_record(backend, mode, f"cannot import the TVM backend: {exc}")
+        rpc = None
+        if backend == "tvm-rpc":
+            rpc = tvm_backend.RPCConfig.from_target(target) if hasattr(tvm_backend.RPCConfig, "from_target") else None
+        res = tvm_backend.measure(folded, graph.example_inputs, mode=mode, work_dir=Path(work_dir),
+                                  tvm_target=dict(target.measure.get("tvm_target", {})) or None,
+                                  trials=tuning_trials, samples=samples, rpc=rpc)
+        rec = res.to_dict()
+        rec["layer_s"] = map_layer_timings(graph, folded, rec.get("layers", [])) if rec.get("error") is None else {}
+        return rec
+    return _error_record(backend, mode, f"target {target.name!r} has measuring backend {backend!r}, which "
+                                        "hwsearch cannot run on this machine")
+
+
+def _error_record(backend: str, mode: str, error: str) -> dict[str, Any]:
+    return {"latency_s": None, "latency_iqr_s": None, "repeats": 0, "mode": mode, "backend": backend,
+            "device": platform.node(), "versions": versions(), "layers": [], "layer_s": {},
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "error": error}
+
+
+def plan_record(*, plan: Plan, target: Any, measured: dict[str, Any], predicted_latency_s: float,
+                costmodel: str, round_: int, study: str, accuracy: float | None, extra: dict | None = None) -> dict:
+    """A measurement record (see :mod:`hwsearch.records`) for ``plan``."""
+    rec = dict(measured)
+    rec.update({"plan_key": plan.key, "plan": plan.to_dict(), "target": target.identity,
+                "predicted_latency_s": predicted_latency_s, "costmodel": costmodel, "round": round_,
+                "study": study, "accuracy": accuracy})
+    rec.setdefault("versions", versions())
+    if extra:
+        rec.update(extra)
+    return rec

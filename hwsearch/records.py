@@ -1,0 +1,69 @@
+"""Measurement records: append-only JSON lines, one per measured plan.
+
+Each record carries its provenance: target, backend, mode, device, library versions, date,
+repeats and spread, and the latency the cost model predicted before the measurement. A failed
+build or run is a record too (``error`` set, ``latency_s`` null). A malformed line is reported
+with file and line number; :func:`load` can skip it (``strict=False``) so nothing already
+measured is lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hwsearch.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "append", "load", "REQUIRED"]
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+REQUIRED = ("schema_version", "plan_key", "plan", "target", "backend", "mode", "latency_s",
+            "predicted_latency_s", "versions", "date", "error")
+
+
+def append(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record (validated) as a line; flushed and fsynced so a kill loses nothing."""
+    record = {"schema_version": SCHEMA_VERSION, **record}
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"measurement record lacks {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load(path: str | Path, *, strict: bool = True) -> list[dict[str, Any]]:
+    """All records of a file ([] when it does not exist). A bad line raises :class:`StoreError`
+    naming ``file:line`` (or is skipped with a warning when ``strict=False``)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+                if rec.get("schema_version") != SCHEMA_VERSION:
+                    raise ValueError(f"schema_version {rec.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+                missing = [k for k in REQUIRED if k not in rec]
+                if missing:
+                    raise ValueError(f"missing {missing}")
+            except ValueError as exc:  # JSONDecodeError is a ValueError
+                msg = f"{path}:{no}: bad measurement record ({exc}); fix or delete that line"
+                if strict:
+                    raise StoreError(msg) from None
+                log.warning(msg)
+                continue
+            out.append(rec)
+    return out

@@ -1,0 +1,335 @@
+"""The refine loop: search on the cost model → measure the Pareto winners → refit → repeat.
+
+Round r is the Optuna study ``<study>-round<r>`` in one storage (a SQLite file in the output
+directory by default; any Optuna storage URL works). Trials are multi-objective (accuracy up,
+predicted latency down) with the budgets as constraints (feasible plans first). After the trials
+of a round, the top-K Pareto plans not measured yet are folded, measured by the target's
+backend (TVM here) and appended to ``measurements.jsonl``; the cost model is refit from every
+successful record and saved (``costmodel.json``); the next round's study starts from the
+previous front (enqueued) and prices plans with the refit model.
+
+Rerunning the same command resumes: finished trials, measurements and fits are kept; only what
+is missing is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+import costmodels
+from costmodels.analytical import Sample
+from costmodels.base import FitReport, fidelity
+from hwsearch import prune, records, zoo
+from hwsearch.errors import HwsearchError, PlanError, StoreError
+from hwsearch.graph import ModelGraph, analyze
+from hwsearch.measure import measure_model, plan_record
+from hwsearch.plan import Plan, resolve
+from hwsearch.space import SearchSpace
+from targets.spec import TargetSpec, get_target
+
+__all__ = ["SearchConfig", "SearchResult", "RoundResult", "search", "open_storage", "Evaluator"]
+
+log = logging.getLogger(__name__)
+DENSE_PLAN = Plan()
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs. Times in seconds, memory in bytes, ratios as fractions."""
+
+    out_dir: Path
+    target: str = "host-x86"
+    model: str = zoo.REFERENCE[0]
+    data: str = zoo.REFERENCE[1]
+    storage: str | None = None            # Optuna storage URL; default sqlite:///<out_dir>/study.db
+    study_name: str = "hwsearch"
+    rounds: int = 2
+    trials: int = 60                      # per round
+    measure_top_k: int = 3                # Pareto plans measured per round
+    mode: str | None = None               # measuring mode; default from the target spec
+    tuning_trials: int = 64               # MetaSchedule trials per model in "tuned" mode
+    samples: int = 8                      # schedules sampled per function in "quick" mode
+    patterns: tuple[str, ...] = ("dense", "unstructured", "channel")
+    criterion: str = "magnitude"
+    max_ratio: float = 0.9
+    min_density: float = 0.05
+    channel_multiple: int = 8
+    finetune_steps: int = 0
+    sampler: str = "nsga2"
+    seed: int = 0
+    latency_budget_s: float | None = None
+    flash_budget_bytes: int | None = None
+    sram_budget_bytes: int | None = None
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out_dir).resolve() / 'study.db'}"
+
+
+@dataclass
+class RoundResult:
+    round: int
+    study_name: str
+    trials: int
+    measured: list[dict[str, Any]]
+    fit: FitReport | None
+    heldout: dict[str, float]             # previous model's error on this round's new measurements
+
+
+@dataclass
+class SearchResult:
+    config: SearchConfig
+    rounds: list[RoundResult] = field(default_factory=list)
+    front: pd.DataFrame | None = None
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (``sqlite:///…``, ``postgresql://…``, or ``journal:<file>``
+    for a journal file). Raises :class:`StoreError` with the fix when it cannot be opened."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot open study storage {url!r}: {first[:200]} — check the URL, that the "
+                         "server is running and reachable, or that the file is an Optuna study") from None
+
+
+class Evaluator:
+    """Accuracy and predicted cost of plans on one model, data set and target."""
+
+    def __init__(self, graph: ModelGraph, data: zoo.Dataset, target: TargetSpec, cost_model: costmodels.CostModel,
+                 cfg: SearchConfig) -> None:
+        self.graph, self.data, self.target, self.cm, self.cfg = graph, data, target, cost_model, cfg
+        self._criterion_data = None
+        if cfg.criterion != "magnitude" and data.x_train is not None:
+            self._criterion_data = lambda: data.batches("train", 128, limit=4)
+
+    def decisions(self, plan: Plan) -> prune.Decisions:
+        return prune.decide(self.graph, plan, criterion=self.cfg.criterion, data=self._criterion_data,
+                            channel_multiple=self.cfg.channel_multiple, min_density=self.cfg.min_density)
+
+    def accuracy(self, dec: prune.Decisions) -> float:
+        if self.cfg.finetune_steps > 0 and self.data.x_train is not None:
+            model = prune.apply(self.graph, dec, mode="mask")
+            zoo.train(model, self.data, steps=self.cfg.finetune_steps, lr=1e-3)
+            return zoo.evaluate(model, self.data)
+        return zoo.evaluate(self.graph.model, self.data, params=prune.masked_state(self.graph, dec))
+
+    def cost(self, plan: Plan, dec: prune.Decisions) -> costmodels.Cost:
+        return self.cm.predict(self.graph, plan, resolved=dec.resolved)
+
+    def violations(self, cost: costmodels.Cost) -> list[float]:
+        """Constraint values for Optuna (≤ 0 is feasible), relative to each budget."""
+        c = self.cfg
+        out = []
+        if c.latency_budget_s is not None:
+            out.append(cost.latency_s / c.latency_budget_s - 1.0)
+        if c.flash_budget_bytes is not None:
+            out.append(cost.flash_bytes / c.flash_budget_bytes - 1.0)
+        if c.sram_budget_bytes is not None:
+            out.append(cost.sram_bytes / c.sram_budget_bytes - 1.0)
+        return out
+
+
+def _sampler(cfg: SearchConfig, constrained: bool) -> optuna.samplers.BaseSampler:
+    cons = (lambda t: t.user_attrs.get("constraints", [])) if constrained else None
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, constraints_func=cons, population_size=20)
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=cons, multivariate=True)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    raise PlanError(f"unknown sampler {cfg.sampler!r}; valid: nsga2, tpe, random")
+
+
+def _load_model_and_data(cfg: SearchConfig) -> tuple[ModelGraph, zoo.Dataset]:
+    model, example = zoo.load_model(cfg.model)
+    data = zoo.load_data(cfg.data)
+    graph = analyze(model, example if example is not None else data.example_input)
+    return graph, data
+
+
+def _samples(graph: ModelGraph, recs: list[dict], cfg: SearchConfig) -> list[Sample]:
+    out = []
+    for r in recs:
+        if r.get("error") or not r.get("latency_s"):
+            continue
+        try:
+            res = resolve(graph.table, graph.groups, Plan.from_dict(r["plan"]), channel_multiple=cfg.channel_multiple,
+                          min_density=cfg.min_density)
+        except PlanError:
+            continue  # a record of another model or space: not this model's evidence
+        out.append(Sample(res, float(r["latency_s"]), r.get("layer_s") or None))
+    return out
+
+
+def fit_cost_model(target: TargetSpec, graph: ModelGraph, recs: list[dict],
+                   cfg: SearchConfig) -> tuple[costmodels.CostModel, FitReport | None]:
+    """A fresh analytical model refit on every successful record in ``recs`` (no report when
+    there is none). Deterministic: the same records give the same model, so a resumed search
+    prices plans exactly as the interrupted one did."""
+    cm = costmodels.default_for(target)
+    samples = _samples(graph, recs, cfg)
+    if not samples:
+        return cm, None
+    return cm, cm.refit(samples)
+
+
+def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, show_bars: bool = False) -> SearchResult:
+    """Run (or resume) the refine loop described in the module docstring."""
+    say = progress or (lambda msg: log.info(msg))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.rounds < 1 or cfg.trials < 1 or cfg.measure_top_k < 0:
+        raise PlanError("rounds and trials must be >= 1 and measure_top_k >= 0")
+    target = get_target(cfg.target)
+    graph, data = _load_model_and_data(cfg)
+    space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
+                              min_density=cfg.min_density)
+    storage = open_storage(cfg.storage_url())
+    rec_path = out / "measurements.jsonl"
+    cm_path = out / "costmodel.json"
+    work_dir = out / "tvm"
+    result = SearchResult(cfg, out_dir=out)
+    constrained = any(b is not None for b in (cfg.latency_budget_s, cfg.flash_budget_bytes, cfg.sram_budget_bytes))
+
+    recs = records.load(rec_path, strict=False)
+    prev_front: list[Plan] = []
+    for rnd in range(1, cfg.rounds + 1):
+        name = f"{cfg.study_name}-round{rnd}"
+        # The model used in round r is the one fitted on measurements of rounds < r.
+        cm, _ = fit_cost_model(target, graph, [r for r in recs if r.get("round", 0) < rnd], cfg)
+        ev = Evaluator(graph, data, target, cm, cfg)
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"],
+                                        sampler=_sampler(cfg, constrained), load_if_exists=True)
+        except Exception as exc:
+            raise StoreError(f"cannot create or load study {name!r} in {cfg.storage_url()}: {exc}") from None
+        study.set_metric_names(["accuracy", "predicted_latency_s"])
+        study.set_user_attr("costmodel", cm.identity)
+        study.set_user_attr("target", target.identity)
+        finished = [t for t in study.trials if t.state.is_finished()]
+        if not finished and prev_front:
+            for p in prev_front:
+                study.enqueue_trial(space.params_of(p), skip_if_exists=True)
+        remaining = cfg.trials - len(finished)
+        say(f"round {rnd}: {len(finished)} trials already in study {name!r}, running {max(0, remaining)} more "
+            f"on cost model {cm.identity}")
+
+        def objective(trial: optuna.Trial) -> tuple[float, float]:
+            plan = space.suggest(trial)
+            dec = ev.decisions(plan)
+            cost = ev.cost(plan, dec)
+            acc = ev.accuracy(dec)
+            trial.set_user_attr("plan", plan.to_dict())
+            trial.set_user_attr("plan_key", plan.key)
+            trial.set_user_attr("predicted_latency_s", cost.latency_s)
+            trial.set_user_attr("latency_std_s", cost.latency_std_s)
+            trial.set_user_attr("flash_bytes", cost.flash_bytes)
+            trial.set_user_attr("sram_bytes", cost.sram_bytes)
+            trial.set_user_attr("constraints", ev.violations(cost))
+            guard = space.guard_report(dec.resolved)
+            if guard:
+                trial.set_user_attr("collapse_guard", guard)
+            return acc, cost.latency_s
+
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, show_progress_bar=show_bars,
+                           catch=(PlanError,))
+        front = _front(study)
+        prev_front = [Plan.from_dict(p) for p in front["plan"]]
+        # ---- measure the winners ----
+        measured_keys = {r["plan_key"] for r in recs if r.get("target") == target.identity}
+        todo: list[tuple[Plan, float | None]] = []
+        if DENSE_PLAN.key not in measured_keys:
+            todo.append((DENSE_PLAN, ev.accuracy(ev.decisions(DENSE_PLAN))))
+        todo += _pick(front, measured_keys, cfg.measure_top_k)
+        new = []
+        for i, (plan, acc) in enumerate(todo, 1):
+            dec = ev.decisions(plan)
+            folded = prune.apply(graph, dec, mode="fold")
+            predicted = ev.cost(plan, dec).latency_s
+            say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
+            m = measure_model(target, graph, folded, work_dir=work_dir, mode=cfg.mode,
+                              tuning_trials=cfg.tuning_trials, samples=cfg.samples)
+            rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
+                              costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
+            records.append(rec_path, rec)
+            recs.append(rec)
+            new.append(rec)
+            if rec.get("error"):
+                say(f"round {rnd}: measurement of [{plan.key}] failed: {rec['error']}")
+            else:
+                say(f"round {rnd}: [{plan.key}] measured {rec['latency_s'] * 1e6:.1f} µs "
+                    f"(predicted {predicted * 1e6:.1f} µs)")
+        ok_new = [r for r in new if not r.get("error") and r.get("latency_s")]
+        heldout = fidelity(np.array([r["predicted_latency_s"] for r in ok_new]),
+                           np.array([r["latency_s"] for r in ok_new])) if ok_new else {}
+        # ---- refit on everything measured so far ----
+        cm, report = fit_cost_model(target, graph, [r for r in recs if r.get("round", 0) <= rnd], cfg)
+        if report is not None:
+            cm.save(out / f"costmodel-round{rnd}.json")
+            cm.save(cm_path)
+            say(f"round {rnd}: refit on {report.n} measured plans ({report.layer_rows} layer timings): "
+                f"mean error {report.mape_before:.1%} analytical -> {report.mape_after:.1%} refit; "
+                f"within ±10%: {report.within10_before:.0%} -> {report.within10_after:.0%}")
+        result.rounds.append(RoundResult(rnd, name, len(study.trials), new, report, heldout))
+
+    result.front = _front_with_measurements(front, recs, target)
+    from hwsearch import report as report_mod
+    result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target)
+    result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
+    return result
+
+
+def _front(study: optuna.Study) -> pd.DataFrame:
+    """The feasible Pareto front of a study, one row per distinct plan, by predicted latency."""
+    rows = []
+    seen = set()
+    for t in study.best_trials:
+        key = t.user_attrs.get("plan_key")
+        if key in seen or key is None:
+            continue
+        seen.add(key)
+        rows.append({"trial": t.number, "plan_key": key, "plan": t.user_attrs["plan"], "accuracy": t.values[0],
+                     "predicted_latency_s": t.values[1], "flash_bytes": t.user_attrs.get("flash_bytes"),
+                     "sram_bytes": t.user_attrs.get("sram_bytes"),
+                     "feasible": all(v <= 0 for v in t.user_attrs.get("constraints", []))})
+    df = pd.DataFrame(rows, columns=["trial", "plan_key", "plan", "accuracy", "predicted_latency_s", "flash_bytes",
+                                     "sram_bytes", "feasible"])
+    return df.sort_values("predicted_latency_s").reset_index(drop=True)
+
+
+def _pick(front: pd.DataFrame, measured: set[str], k: int) -> list[tuple[Plan, float]]:
+    """Up to ``k`` unmeasured front plans spread evenly over predicted latency (most accurate
+    and fastest ends included)."""
+    cand = front[~front["plan_key"].isin(measured)]
+    if k <= 0 or cand.empty:
+        return []
+    idx = sorted(set(np.linspace(0, len(cand) - 1, num=min(k, len(cand))).round().astype(int)))
+    return [(Plan.from_dict(cand.iloc[i]["plan"]), float(cand.iloc[i]["accuracy"])) for i in idx]
+
+
+def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target: TargetSpec) -> pd.DataFrame:
+    meas = {r["plan_key"]: r for r in recs if r.get("target") == target.identity and not r.get("error")}
+    df = front.copy()
+    df["measured_latency_s"] = [meas[k]["latency_s"] if k in meas else math.nan for k in df["plan_key"]]
+    df["measured_iqr_s"] = [meas[k].get("latency_iqr_s") if k in meas else math.nan for k in df["plan_key"]]
+    df["describe"] = [Plan.from_dict(p).describe() for p in df["plan"]]
+    dense = meas.get(DENSE_PLAN.key)
+    df.attrs["dense_latency_s"] = dense["latency_s"] if dense else None
+    df.attrs["dense_accuracy"] = dense.get("accuracy") if dense else None
+    return df
