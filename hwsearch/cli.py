@@ -92,8 +92,10 @@ def _cmd_search(a: argparse.Namespace) -> int:
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)
+    from rich.markup import escape
+
     con = _console()
-    res = search(cfg, progress=lambda m: con.print(f"[dim]·[/dim] {m}"), show_bars=sys.stderr.isatty())
+    res = search(cfg, progress=lambda m: con.print(f"[dim]·[/dim] {escape(m)}"), show_bars=sys.stderr.isatty())
     _print_front(con, res)
     con.print(f"\nwrote to {res.out_dir}/:")
     for name, path in res.files.items():
@@ -104,6 +106,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _print_front(con, res) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     for r in res.rounds:
@@ -119,9 +122,9 @@ def _print_front(con, res) -> None:
     for _, row in df.iterrows():
         meas = row["measured_latency_s"]
         has = meas == meas
-        t.add_row(row["plan_key"], f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
+        t.add_row(escape(row["plan_key"]), f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
                   f"{meas * 1e6:.1f}" if has else "—", f"{dense / meas:.2f}×" if has and dense else "—",
-                  f"{(row['flash_bytes'] or 0) / 1024:.1f}", row["describe"][:70])
+                  f"{(row['flash_bytes'] or 0) / 1024:.1f}", escape(row["describe"][:70]))
     con.print(t)
 
 
@@ -200,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         return globals()[_COMMANDS[a.cmd]](a)
     except HwsearchError as exc:

@@ -1,0 +1,116 @@
+"""Cost models: exact storage, the host's 'no speed-up from zeros', coverage gaps, refit, files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import costmodels
+from costmodels.analytical import Sample
+from costmodels.memory import flash_bytes, layer_storage
+from hwsearch.errors import SpecError
+from hwsearch.graph import analyze
+from hwsearch.plan import LayerChoice, Plan, resolve
+from targets.spec import get_target
+
+
+@pytest.fixture
+def host():
+    return get_target("host-x86")
+
+
+def _res(g, plan, **kw):
+    return resolve(g.table, g.groups, plan, **kw)
+
+
+def test_storage_bytes_exact(resdw):
+    model, x = resdw
+    g = analyze(model, x)
+    plan = Plan({"fc": LayerChoice("unstructured", 0.5), "c2": LayerChoice("nm")})
+    st = layer_storage(_res(g, plan))
+    # fc: 4x16 fp32, 32 kept -> values 128 B; CSR = 32 x 1 B col idx + 5 x 2 B row ptr = 42 B;
+    # bitmask = 64 bits = 8 B -> bitmask wins. Bias 4 x 4 B.
+    assert st.loc["fc"].to_dict() | {} == {"fmt": "bitmask", "values_bytes": 128, "index_bytes": 8,
+                                           "bias_bytes": 16, "qparam_bytes": 0, "flash_bytes": 152}
+    # c2: 8 x 24 weights, 2:4 -> 96 kept x 4 B = 384 B, 2-bit metadata per kept value = 24 B, no bias.
+    assert (st.at["c2", "values_bytes"], st.at["c2", "index_bytes"], st.at["c2", "flash_bytes"]) == (384, 24, 408)
+    dense = layer_storage(_res(g, Plan()))
+    assert int(dense["flash_bytes"].sum()) == 4 * int(g.table["params"].sum())
+    # int8: 1 B values, int32 bias, 8 B requantisation parameters per output channel
+    assert flash_bytes(_res(g, Plan()), "int8") == int(g.table["weight_params"].sum()) + \
+        sum(4 * g.table.at[n, "out_channels"] for n in g.table.index if g.table.at[n, "has_bias"]) + \
+        8 * int(g.table["out_channels"].sum())
+
+
+def test_channel_pruning_shrinks_storage_and_macs(resdw):
+    model, x = resdw
+    g = analyze(model, x)
+    res = _res(g, Plan({"pw": LayerChoice("channel", 0.5)}), channel_multiple=8)
+    assert res.at["pw", "kept_out"] == 8 and res.at["fc", "kept_in"] == 8
+    assert res.at["pw", "dense_macs"] == g.table.at["pw", "macs"] // 2
+    assert res.at["fc", "dense_macs"] == g.table.at["fc", "macs"] // 2
+
+
+def test_host_unstructured_gives_no_speedup_but_channels_do(resdw, host):
+    model, x = resdw
+    g = analyze(model, x)
+    cm = costmodels.default_for(host)
+    dense = cm.predict(g, Plan())
+    unstr = cm.predict(g, Plan({"c2": LayerChoice("unstructured", 0.8), "pw": LayerChoice("unstructured", 0.8)}))
+    chan = cm.predict(g, Plan({"pw": LayerChoice("channel", 0.5)}))
+    assert unstr.latency_s == pytest.approx(dense.latency_s)  # dense TVM kernels run the zeros
+    assert unstr.flash_bytes < dense.flash_bytes                # ... but storage shrinks
+    assert chan.latency_s < dense.latency_s
+    assert chan.sram_bytes < dense.sram_bytes and unstr.sram_bytes == dense.sram_bytes
+    assert not cm.features(_res(g, Plan({"c2": LayerChoice("unstructured", 0.8)})))["accelerated"].any()
+
+
+def test_uncovered_layer_kind_is_an_error_not_zero(resdw, host):
+    model, x = resdw
+    g = analyze(model, x)
+    cm = costmodels.default_for(host)
+    del cm.scale["depthwise"]
+    with pytest.raises(costmodels.CoverageError, match="dw"):
+        cm.predict(g, Plan())
+    c = cm.predict(g, Plan(), allow_gaps=True)
+    assert c.coverage_gaps == ("dw",) and np.isnan(c.layers.at["dw", "latency_s"])
+
+
+def test_refit_recovers_a_planted_linear_law(resdw, host):
+    """Unit test with SYNTHETIC 'measurements' generated from a known law (the real refit on
+    TVM measurements is exercised by the end-to-end search test)."""
+    model, x = resdw
+    g = analyze(model, x)
+    cm = costmodels.default_for(host)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(8):
+        plan = Plan({"c1": LayerChoice("channel", float(rng.choice([0.0, 0.5]))),
+                     "pw": LayerChoice("channel", float(rng.choice([0.0, 0.5])))})
+        res = _res(g, plan)
+        roof = cm.features(res)["roofline_s"]
+        layer_s = {n: 3.0 * roof[n] + 1e-6 for n in res.index}  # planted: scale 3, overhead 1 µs
+        samples.append(Sample(res, sum(layer_s.values()) + 5e-6, layer_s))
+    rep = cm.refit(samples)
+    assert rep.mape_after < 0.01 < rep.mape_before
+    assert cm.scale["conv"] == pytest.approx(3.0, rel=1e-3)
+    assert cm.overhead_model == pytest.approx(5e-6, rel=1e-3)
+
+
+def test_costmodel_file_round_trip_and_bad_files(resdw, host, tmp_path):
+    model, x = resdw
+    g = analyze(model, x)
+    cm = costmodels.default_for(host)
+    cm.scale["conv"] = 7.0
+    path = cm.save(tmp_path / "cm.json")
+    back = costmodels.CostModel.load(path, host)
+    assert back.predict(g, Plan()).latency_s == pytest.approx(cm.predict(g, Plan()).latency_s)
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(SpecError, match="schema_version"):
+        costmodels.CostModel.load(path, host)
+    path.write_text("{not json")
+    with pytest.raises(SpecError, match="not valid JSON"):
+        costmodels.CostModel.load(path, host)
