@@ -55,6 +55,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps per trial before evaluation")
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", default="main", help="this worker's name: several workers on one --storage each "
+                   "add --trials trials per round; rerunning a worker resumes its share")
     p.add_argument("--latency-budget-us", type=float, default=None, help="latency budget (µs) as a hard constraint")
     p.add_argument("--flash-budget-kb", type=float, default=None, help="weight storage budget (KiB)")
     p.add_argument("--sram-budget-kb", type=float, default=None, help="peak activation memory budget (KiB)")
@@ -78,6 +80,22 @@ def _targets_parser(sub) -> None:
     p.add_argument("name", nargs="?", help="a target to show in full")
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="plots and tables of a search (front, per-layer sparsity, fidelity)",
+                       description="Write PNG plots and CSV tables for a search output directory.")
+    p.add_argument("--from", dest="search_dir", type=Path, default=Path("hwsearch-out"))
+    p.add_argument("--out", type=Path, default=None, help="default <from>/report")
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from hwsearch.report import study_report
+
+    con = _console()
+    for name, path in study_report(a.search_dir, a.out).items():
+        con.print(f"  {name:14s} {path}")
+    return 0
+
+
 def _cmd_search(a: argparse.Namespace) -> int:
     from hwsearch import zoo
     from hwsearch.search import SearchConfig, search
@@ -88,7 +106,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
         patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
-        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed,
+        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed, worker=a.worker,
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)
@@ -193,10 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _export_parser(sub)
     _targets_parser(sub)
+    _report_parser(sub)
     return p
 
 
-_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets"}
+_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,3 +67,37 @@ def load(path: str | Path, *, strict: bool = True) -> list[dict[str, Any]]:
                 continue
             out.append(rec)
     return out
+
+
+class StudyRecords:
+    """Measurement records kept in an Optuna storage (so many workers on many machines share
+    them), mirrored to a local JSON-lines file.
+
+    Records live as user attributes ``m:<n>:<worker>`` of the study ``<prefix>-measurements``;
+    any Optuna storage works (SQLite, PostgreSQL, journal). ``append`` writes the storage first,
+    then the mirror.
+    """
+
+    def __init__(self, storage, prefix: str, mirror: str | Path | None = None, worker: str = "main") -> None:
+        import optuna
+
+        self.mirror = Path(mirror) if mirror else None
+        self.worker = worker
+        self.study = optuna.create_study(study_name=f"{prefix}-measurements", storage=storage, load_if_exists=True)
+
+    def load(self) -> list[dict[str, Any]]:
+        attrs = self.study.user_attrs
+        keys = sorted((k for k in attrs if k.startswith("m:")), key=lambda k: (int(k.split(":")[1]), k))
+        return [attrs[k] for k in keys]
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = {"schema_version": SCHEMA_VERSION, **record}
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise ValueError(f"measurement record lacks {missing}")
+        record = json.loads(json.dumps(record, default=str))  # what the storage will hold
+        n = len([k for k in self.study.user_attrs if k.startswith("m:")])
+        self.study.set_user_attr(f"m:{n:06d}:{self.worker}", record)
+        if self.mirror is not None:
+            append(self.mirror, record)
+        return record

@@ -66,6 +66,7 @@ class SearchConfig:
     finetune_steps: int = 0
     sampler: str = "nsga2"
     seed: int = 0
+    worker: str = "main"                  # trials are counted per worker: N workers add N x trials
     latency_budget_s: float | None = None
     flash_budget_bytes: int | None = None
     sram_budget_bytes: int | None = None
@@ -206,7 +207,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     result = SearchResult(cfg, out_dir=out)
     constrained = any(b is not None for b in (cfg.latency_budget_s, cfg.flash_budget_bytes, cfg.sram_budget_bytes))
 
-    recs = records.load(rec_path, strict=False)
+    store = records.StudyRecords(storage, cfg.study_name, mirror=rec_path, worker=cfg.worker)
+    recs = store.load()
     prev_front: list[Plan] = []
     for rnd in range(1, cfg.rounds + 1):
         name = f"{cfg.study_name}-round{rnd}"
@@ -221,15 +223,18 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         study.set_metric_names(["accuracy", "predicted_latency_s"])
         study.set_user_attr("costmodel", cm.identity)
         study.set_user_attr("target", target.identity)
-        finished = [t for t in study.trials if t.state.is_finished()]
-        if not finished and prev_front:
+        mine = [t for t in study.trials if t.user_attrs.get("worker") == cfg.worker]
+        _fail_stale(study, mine)
+        finished = [t for t in mine if t.state == optuna.trial.TrialState.COMPLETE]
+        if not study.trials and prev_front:
             for p in prev_front:
                 study.enqueue_trial(space.params_of(p), skip_if_exists=True)
         remaining = cfg.trials - len(finished)
-        say(f"round {rnd}: {len(finished)} trials already in study {name!r}, running {max(0, remaining)} more "
-            f"on cost model {cm.identity}")
+        say(f"round {rnd}: worker {cfg.worker!r} has {len(finished)} trials in study {name!r}, running "
+            f"{max(0, remaining)} more on cost model {cm.identity}")
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
+            trial.set_user_attr("worker", cfg.worker)
             plan = space.suggest(trial)
             dec = ev.decisions(plan)
             cost = ev.cost(plan, dec)
@@ -252,6 +257,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         front = _front(study)
         prev_front = [Plan.from_dict(p) for p in front["plan"]]
         # ---- measure the winners ----
+        recs = store.load()  # other workers may have measured meanwhile
         measured_keys = {r["plan_key"] for r in recs if r.get("target") == target.identity}
         todo: list[tuple[Plan, float | None]] = []
         if DENSE_PLAN.key not in measured_keys:
@@ -267,7 +273,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                               tuning_trials=cfg.tuning_trials, samples=cfg.samples)
             rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
                               costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
-            records.append(rec_path, rec)
+            rec = store.append(rec)
             recs.append(rec)
             new.append(rec)
             if rec.get("error"):
@@ -293,6 +299,14 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target)
     result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
     return result
+
+
+def _fail_stale(study: optuna.Study, mine: list[optuna.trial.FrozenTrial]) -> None:
+    """Trials of this worker left RUNNING by a killed process are marked FAIL (and topped up)."""
+    for t in mine:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            log.info("marked stale running trial %d of worker %s as failed", t.number, t.user_attrs.get("worker"))
 
 
 def _front(study: optuna.Study) -> pd.DataFrame:
