@@ -1,0 +1,48 @@
+"""Worker entry point: ``python -m targets.tvm._worker <job_dir>``.
+
+Reads ``<job_dir>/program.pt2`` (a saved ``torch.export`` program) and ``<job_dir>/job.pkl``
+(example inputs, torch reference outputs, keyword arguments of ``measure_exported``), measures
+in this fresh process and writes ``<job_dir>/result.json`` (a ``MeasureResult.to_dict()``).
+Exit status 0 when a record was written (which may itself report an error), 1 otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    """Run one job; see the module docstring."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if len(argv) != 2:
+        logging.error("usage: python -m targets.tvm._worker <job_dir>")
+        return 1
+    job = Path(argv[1])
+    with open(job / "job.pkl", "rb") as fh:
+        payload = pickle.load(fh)
+    kwargs = payload["kwargs"]
+    if kwargs["tvm_target"].get("kind") == "llvm":
+        # This process is ours and only schedules CPU code: skip the ~20 s registration of
+        # GPU tensor intrinsics (see register_cpu_tensor_intrinsics).
+        from ._env import register_cpu_tensor_intrinsics
+
+        register_cpu_tensor_intrinsics()
+    import torch
+
+    from ._measure import measure_exported
+
+    exported = torch.export.load(str(job / "program.pt2"))
+    record = measure_exported(exported, payload["inputs"], payload["reference"], **kwargs)
+    tmp = job / "result.json.tmp"
+    tmp.write_text(json.dumps(record.to_dict(), indent=1))
+    os.replace(tmp, job / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
