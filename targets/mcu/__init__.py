@@ -1,0 +1,29 @@
+"""MCU measuring backend: layers built with ``arm-none-eabi-gcc`` and run in ``qemu-system-arm``
+(Cortex-M4 on ``mps2-an386``, Cortex-M7 on ``mps2-an500``) with exact executed-instruction counts.
+
+QEMU has no timing model: the counts are instructions, not cycles. Convert to time only through a
+stated CPI (``costmodels.mcu``). See ``kernels/hw_kernels.h`` for layouts and weight formats.
+
+Public API::
+
+    measure_layer(op, weight, x, *, fmt="dense", dtype="int8", cpu="cortex-m4", ...)
+        -> McuLayerMeasurement
+    available() -> str | None          # None when the toolchain and emulator are installed
+    format_bytes(fmt, rows, cols, ...) # hand count of a format's weight bytes
+"""
+from __future__ import annotations
+
+from ._formats import FORMATS, PackedMatrix, format_bytes, pack, unpack
+from ._layers import DTYPES, OPS
+from ._measure import IMPLS, McuLayerMeasurement, measure_layer
+from ._toolchain import CPUS, INSTALL_HINT, missing_tools, tool_versions
+
+__all__ = ["McuLayerMeasurement", "measure_layer", "available", "CPUS", "OPS", "FORMATS", "DTYPES",
+           "IMPLS", "format_bytes", "pack", "unpack", "PackedMatrix", "tool_versions"]
+
+
+def available() -> str | None:
+    """``None`` when ``arm-none-eabi-gcc``/``-nm`` and ``qemu-system-arm`` are on PATH, else the
+    reason with the install command."""
+    missing = missing_tools()
+    return None if not missing else f"{', '.join(missing)} not found: {INSTALL_HINT}"
