@@ -1,0 +1,509 @@
+"""Vectorised pricing of many plans at once.
+
+:class:`BatchPricer` prices ``P`` plans in one call from two ``P × L`` arrays — pattern codes
+(``PATTERN_CODES``: index into :data:`hwsearch.plan.PATTERN_NAMES`) and ratios — with numpy,
+and gives the same numbers as ``cost_model.predict(graph, plan)`` for each plan (latency to
+floating-point rounding, flash and peak SRAM bytes exactly; ``tests/test_batch_pricing.py``
+checks it on random plans). It re-implements, array-wise, the three stages ``predict`` runs
+per plan:
+
+1. :func:`hwsearch.plan.resolve` — kept channels per channel group (rounded to
+   ``channel_multiple``, the ``min_density`` floor, balanced over the conv groups of grouped
+   convolutions), kept input columns of every consumer (coupled depthwise convs, flatten →
+   linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes;
+2. :class:`costmodels.analytical.RooflineModel` latency (``scale[kind] · roofline + overhead[kind]``
+   per layer, plus ``overhead_model``), read from the model at every call so a refit is seen;
+3. :mod:`costmodels.memory` — exact weight storage per format (CSR vs bitmask, N:M metadata,
+   BSR) and the peak of live activations.
+
+Plans that ``resolve`` would refuse (a channel ratio on a coupled or output layer, an N:M or
+block shape that does not tile, a grouped conv left unbalanced, a ratio outside [0, 1)) are
+not errors here: their ``valid`` entry is False and their prices are NaN / -1.
+
+A cost model that is not a :class:`RooflineModel` (or a subclass overriding its pricing) is
+priced by a loop over ``predict`` with a logged warning: same results, no speed-up.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from costmodels.analytical import RooflineModel
+from costmodels.base import CostModel, CoverageError
+from costmodels.memory import DTYPE_BYTES
+from hwsearch import patterns as _patterns
+from hwsearch.errors import PlanError
+from hwsearch.plan import PATTERN_NAMES, LayerChoice, Plan, channel_segments, input_slices
+
+__all__ = ["BatchPricer", "PATTERN_CODES", "plans_to_arrays", "arrays_to_plans"]
+
+log = logging.getLogger(__name__)
+
+#: Integer code of each pattern name in the ``patterns`` arrays.
+PATTERN_CODES: dict[str, int] = {name: i for i, name in enumerate(PATTERN_NAMES)}
+_DENSE, _UNSTR, _CHAN, _NM, _BLOCK = (PATTERN_CODES[n] for n in ("dense", "unstructured", "channel", "nm", "block"))
+_BUILTIN_PATTERNS = {"dense": _patterns.Dense, "unstructured": _patterns.Unstructured, "channel": _patterns.Channel,
+                     "nm": _patterns.NM, "block": _patterns.Block}
+_QPARAM_BYTES_PER_CHANNEL = 8  # costmodels.memory: int32 multiplier + shift per output channel
+_INT8_BIAS_BYTES = 4
+
+
+def plans_to_arrays(plans: Iterable[Plan], layers: Sequence[str], *, nm: tuple[int, int] = (2, 4),
+                    block: tuple[int, int] = (1, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, ratios)``: ``P × L`` int64 pattern codes and float64 ratios of ``plans`` over
+    ``layers`` (a layer a plan omits is dense). Raises :class:`PlanError` for a layer not in
+    ``layers`` or an N:M / block choice whose ``n:m`` / block size differs from ``nm`` / ``block``
+    (the arrays carry one of each)."""
+    plans = list(plans)
+    col = {name: j for j, name in enumerate(layers)}
+    codes = np.zeros((len(plans), len(col)), dtype=np.int64)
+    ratios = np.zeros((len(plans), len(col)), dtype=np.float64)
+    for i, plan in enumerate(plans):
+        for layer, ch in plan.items():
+            j = col.get(layer)
+            if j is None:
+                raise PlanError(f"plan names layer {layer!r}, not one of the priced layers: {', '.join(layers)}")
+            if ch.pattern == "nm" and (ch.n, ch.m) != tuple(nm):
+                raise PlanError(f"layer {layer!r} uses {ch.n}:{ch.m}; this pricer prices {nm[0]}:{nm[1]} — "
+                                "build a BatchPricer with nm=(n, m)")
+            if ch.pattern == "block" and tuple(ch.block) != tuple(block):
+                raise PlanError(f"layer {layer!r} uses block {ch.block}; this pricer prices {tuple(block)} — "
+                                "build a BatchPricer with block=(rows, cols)")
+            codes[i, j] = PATTERN_CODES[ch.pattern]
+            ratios[i, j] = ch.ratio
+    return codes, ratios
+
+
+def arrays_to_plans(codes: np.ndarray, ratios: np.ndarray, layers: Sequence[str], *,
+                    nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> list[Plan]:
+    """Inverse of :func:`plans_to_arrays`. Raises :class:`PlanError` for an unknown code or a
+    ratio :class:`LayerChoice` refuses."""
+    codes = np.asarray(codes)
+    ratios = np.asarray(ratios, dtype=float)
+    out = []
+    for i in range(codes.shape[0]):
+        choices = {}
+        for j, layer in enumerate(layers):
+            c = int(codes[i, j])
+            if not 0 <= c < len(PATTERN_NAMES):
+                raise PlanError(f"pattern code {c} unknown; valid: {PATTERN_CODES}")
+            if c != _DENSE:
+                choices[layer] = LayerChoice(PATTERN_NAMES[c], float(ratios[i, j]), n=nm[0], m=nm[1], block=block)
+        out.append(Plan(choices))
+    return out
+
+
+def _idx_bytes(max_value: np.ndarray) -> np.ndarray:
+    """:func:`hwsearch.patterns._idx_bytes`, element-wise."""
+    return np.where(max_value <= 256, 1, np.where(max_value <= 65536, 2, 4))
+
+
+def _ptr_bytes(max_value: np.ndarray) -> np.ndarray:
+    """:func:`hwsearch.patterns._ptr_bytes`, element-wise."""
+    return np.where(max_value < 65536, 2, 4)
+
+
+class BatchPricer:
+    """Prices ``P`` plans at once on one model, target and cost model (see the module docstring).
+
+    ``channel_multiple``, ``min_density`` and ``dtype`` (storage and activation dtype) mean
+    what they mean in :meth:`CostModel.predict`; ``nm`` and ``block`` fix the N:M and block
+    shapes of the ``nm`` / ``block`` codes. ``allow_gaps`` as in ``predict``: without it a layer
+    kind the cost model has no figure for raises :class:`CoverageError` at :meth:`price`.
+
+    Static per-layer figures are taken from ``graph`` at construction; the cost model's
+    parameters (``scale``, ``overhead``, ``overhead_model``) at every :meth:`price` call, so a
+    pricer stays right after ``cost_model.refit``. Not thread-safe to construct; :meth:`price`
+    only reads the pricer and may run in several threads. ``chunk``: plans priced per
+    vectorised block (larger inputs are split; it only affects speed).
+
+    Raises :class:`ValueError` when ``target`` is not the cost model's target.
+    """
+
+    chunk = 256
+
+    def __init__(self, graph: Any, target: Any, cost_model: CostModel, *, channel_multiple: int = 8,
+                 min_density: float = 0.0, dtype: str = "fp32", nm: tuple[int, int] = (2, 4),
+                 block: tuple[int, int] = (1, 4), allow_gaps: bool = False) -> None:
+        tid = getattr(target, "identity", str(target))
+        cid = getattr(cost_model.target, "identity", str(cost_model.target))
+        if tid != cid:
+            raise ValueError(f"cost model was built for target {cid!r}, the pricer was given {tid!r}; "
+                             "pass the cost model's own target")
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
+        LayerChoice("nm", n=nm[0], m=nm[1])          # validates n:m (raises PlanError)
+        LayerChoice("block", 0.5, block=block)       # validates the block size
+        self.graph, self.target, self.cost_model = graph, target, cost_model
+        self.channel_multiple, self.min_density, self.dtype = int(channel_multiple), float(min_density), dtype
+        self.nm, self.block, self.allow_gaps = (int(nm[0]), int(nm[1])), (int(block[0]), int(block[1])), allow_gaps
+        self.vectorised = self._can_vectorise(cost_model)
+        if not self.vectorised:
+            log.warning("BatchPricer: cost model %s (%s) is not the roofline model (or overrides its pricing); "
+                        "pricing plan by plan through predict() — correct but not vectorised",
+                        cost_model.identity, type(cost_model).__name__)
+        self._precompute()
+
+    # ---- set-up ------------------------------------------------------------------------------
+    @staticmethod
+    def _can_vectorise(cm: CostModel) -> bool:
+        if not isinstance(cm, RooflineModel):
+            return False
+        cls = type(cm)
+        same = all(getattr(cls, name) is getattr(RooflineModel, name)
+                   for name in ("predict", "features", "layer_latency", "model_overhead_s"))
+        builtin = all(type(_patterns.get(n)) is c for n, c in _BUILTIN_PATTERNS.items())
+        return same and builtin
+
+    @property
+    def layers(self) -> list[str]:
+        """Column order of the ``patterns`` / ``ratios`` arrays (the layer table's order)."""
+        return list(self._layers)
+
+    def _precompute(self) -> None:
+        g = self.graph
+        t = g.table
+        self._layers = list(t.index)
+        L = len(self._layers)
+        col = {n: j for j, n in enumerate(self._layers)}
+        self._kind = t["kind"].astype(str).to_numpy()
+        self._in_c = t["in_channels"].to_numpy(dtype=np.int64)
+        self._out_c = t["out_channels"].to_numpy(dtype=np.int64)
+        self._ngroups = t["groups"].to_numpy(dtype=np.int64)
+        self._ke = t["kernel_elems"].to_numpy(dtype=np.int64)
+        macs = t["macs"].to_numpy(dtype=np.int64)
+        self._spatial = macs // np.maximum(1, self._out_c * (self._in_c // self._ngroups) * self._ke)
+        self._has_bias = t["has_bias"].to_numpy(dtype=bool)
+        self._ex_bytes = t["dtype_bytes"].to_numpy(dtype=float)
+        self._act_in = t["act_in_bytes"].to_numpy(dtype=np.int64)
+        self._act_out = t["act_out_bytes"].to_numpy(dtype=np.int64)
+        self._coupled_dw = np.array([k == "depthwise" and i == o for k, i, o in
+                                     zip(self._kind, self._in_c, self._out_c)], dtype=bool)
+
+        # Channel groups: which leaders may take "channel", and how their kept count is rounded.
+        self._gids = sorted(g.groups)
+        gidx = {gid: k for k, gid in enumerate(self._gids)}
+        G = len(self._gids)
+        self._g_channels = np.array([int(g.groups[gid].channels) for gid in self._gids], dtype=np.int64)
+        self._g_leader = np.array([col.get(g.groups[gid].leader, -1) for gid in self._gids], dtype=np.int64)
+        self._g_nseg = np.ones(G, dtype=np.int64)
+        self._chan_ok = np.zeros(L, dtype=bool)
+        out_group = t["out_group"].to_numpy(dtype=np.int64)
+        leader = t["group_leader"].to_numpy(dtype=bool)
+        prunable = t["channel_prunable"].to_numpy(dtype=bool)
+        for k, gid in enumerate(self._gids):
+            lj = int(self._g_leader[k])
+            if lj < 0 or not (leader[lj] and prunable[lj] and out_group[lj] == gid):
+                continue
+            try:
+                seg = channel_segments(t, g.groups, gid)
+            except PlanError:
+                continue  # resolve refuses channel pruning of this group: choosing it is invalid
+            nseg = len(set(seg)) if seg is not None else 1
+            if nseg > 1 and nseg >= self._g_channels[k]:
+                continue
+            self._g_nseg[k] = nseg
+            self._chan_ok[lj] = True
+        # Output group of each layer as a column of the (P, G) kept matrix; -1: never pruned.
+        self._out_gcol = np.array([gidx.get(int(og), -1) if og >= 0 else -1 for og in out_group], dtype=np.int64)
+
+        # Input side: removed input columns = Σ over feeding slices of removed channels × expand.
+        self._in_expand = np.zeros((G, L), dtype=float)
+        self._grouped: list[tuple[int, int, list[tuple[int, np.ndarray]]]] = []
+        for j, layer in enumerate(self._layers):
+            if self._coupled_dw[j]:
+                continue
+            row = t.loc[layer]
+            slices = [(gidx[sg], off, e) for sg, off, e in input_slices(row) if sg in gidx]
+            for k, _, e in slices:
+                self._in_expand[k, j] += e
+            ng = int(self._ngroups[j])
+            if ng > 1 and slices:
+                per = int(self._in_c[j]) // ng
+                counts = []
+                for k, off, e in slices:
+                    ch = int(self._g_channels[k])
+                    pos = off + np.arange(ch) * e
+                    counts.append((k, np.array([int(((pos >= q * per) & (pos < (q + 1) * per)).sum())
+                                                for q in range(ng)], dtype=float)))
+                self._grouped.append((j, per, counts))
+
+        # Activations: which tensors are live at each step; steps whose live set is contained in
+        # another step's (with positive extra bytes) cannot set the peak and are dropped.
+        acts = g.activations
+        self._act_bytes = acts["bytes"].to_numpy(dtype=float) if not acts.empty else np.zeros(0)
+        self._act_gcol = np.array([gidx.get(int(a), -1) if int(a) >= 0 else -1 for a in acts.get("group", [])],
+                                  dtype=np.int64)
+        live_sets: list[np.ndarray] = []
+        if not acts.empty:
+            start = acts["produced"].to_numpy()
+            end = acts["last_use"].to_numpy()
+            M = np.stack([(start <= s) & (end >= s) for s in np.unique(start)]).astype(float)
+            W = M * self._act_bytes[None, :]
+            subset = (M @ (1.0 - M).T) == 0                      # subset[a, b]: set a within set b
+            extra = W.sum(axis=1)[None, :] - M @ W.T              # bytes of b outside a (exact: integers)
+            dominated = (subset & (extra > 0)).any(axis=1)
+            live_sets = [np.nonzero(row)[0] for row in np.unique(M[~dominated].astype(bool), axis=0)]
+        self._live_sets = live_sets
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def plans_to_arrays(self, plans: Iterable[Plan]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`plans_to_arrays` over this pricer's layers, N:M and block shapes."""
+        return plans_to_arrays(plans, self._layers, nm=self.nm, block=self.block)
+
+    def arrays_to_plans(self, codes: np.ndarray, ratios: np.ndarray) -> list[Plan]:
+        """:func:`arrays_to_plans` over this pricer's layers, N:M and block shapes."""
+        return arrays_to_plans(codes, ratios, self._layers, nm=self.nm, block=self.block)
+
+    def price_plans(self, plans: Iterable[Plan], *, details: bool = False) -> dict[str, np.ndarray]:
+        """:meth:`price` of a list of :class:`Plan` objects."""
+        codes, ratios = self.plans_to_arrays(plans)
+        return self.price(codes, ratios, details=details)
+
+    def _kept_group(self, k: int, r: np.ndarray) -> np.ndarray:
+        """Kept channels of group column ``k`` for ratios ``r`` (``plan._kept_in_group``)."""
+        c = int(self._g_channels[k])
+        nseg = int(self._g_nseg[k])
+        mult = self.channel_multiple
+        floor = math.ceil(self.min_density * c - 1e-9)
+        if nseg <= 1:
+            want = c * (1.0 - r)
+            if c <= mult:
+                kept = np.maximum(1.0, np.rint(want))
+                kept = np.where(kept < floor, float(floor), kept)
+            else:
+                kept = np.maximum(float(mult), np.rint(want / mult) * mult)
+                kept = np.where(kept < floor, float(min(c, math.ceil(floor / mult) * mult)), kept)
+        else:
+            step = math.lcm(mult, nseg)
+            if c % step:
+                step = nseg
+            kept = np.maximum(float(step), np.rint(c * (1.0 - r) / step) * step)
+            kept = np.where(kept < floor, float(math.ceil(floor / step) * step), kept)
+        return np.minimum(float(c), kept).astype(np.int64)
+
+    # ---- pricing -----------------------------------------------------------------------------
+    def price(self, patterns: np.ndarray, ratios: np.ndarray, *, details: bool = False) -> dict[str, np.ndarray]:
+        """Price ``P`` plans given as ``P × L`` pattern codes (:data:`PATTERN_CODES`, columns in
+        :attr:`layers` order) and ratios (fraction removed; ignored for dense and N:M).
+
+        Returns arrays of length ``P``: ``latency_s`` (seconds, float), ``flash_bytes`` and
+        ``sram_bytes`` (int64 bytes), ``macs`` (MACs after channel removal, int64) and ``valid``
+        (bool: False where ``resolve`` would raise :class:`PlanError`; then latency is NaN and
+        the byte counts -1). With ``details``, also ``P × L`` arrays ``layer_latency_s``,
+        ``kept_out``, ``kept_in``, ``dense_macs``, ``nnz``, ``layer_flash_bytes``.
+        Raises :class:`ValueError` for arrays of the wrong shape and :class:`CoverageError`
+        for layer kinds the cost model cannot price (unless ``allow_gaps``).
+        """
+        codes = np.asarray(patterns)
+        r_in = np.asarray(ratios, dtype=np.float64)
+        L = len(self._layers)
+        if codes.ndim != 2 or codes.shape[1] != L or r_in.shape != codes.shape:
+            raise ValueError(f"patterns and ratios must both be P x {L} arrays (columns: BatchPricer.layers), "
+                             f"got {codes.shape} and {r_in.shape}")
+        if not self.vectorised:
+            return self._price_loop(codes, r_in, details)
+        codes = codes.astype(np.int64, copy=False)
+        if codes.shape[0] > self.chunk:
+            # Blocks of ``chunk`` plans keep the P × L temporaries in cache (faster per plan).
+            parts = [self.price(codes[i:i + self.chunk], r_in[i:i + self.chunk], details=details)
+                     for i in range(0, codes.shape[0], self.chunk)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        P = codes.shape[0]
+        valid = ((codes >= 0) & (codes < len(PATTERN_NAMES))).all(axis=1)
+        uses_ratio = (codes == _UNSTR) | (codes == _CHAN) | (codes == _BLOCK)
+        ok_ratio = (r_in >= 0.0) & (r_in < 1.0)  # NaN compares False: invalid
+        valid &= ~(uses_ratio & ~ok_ratio).any(axis=1)
+        r = np.where(uses_ratio & ok_ratio, r_in, 0.0)
+        chan = codes == _CHAN
+        valid &= ~(chan & ~self._chan_ok[None, :]).any(axis=1)
+
+        # ---- resolve: channels -------------------------------------------------------------
+        G = len(self._gids)
+        kept_g = np.broadcast_to(self._g_channels, (P, G)).copy()
+        for k in range(G):
+            lj = int(self._g_leader[k])
+            if lj < 0 or not self._chan_ok[lj]:
+                continue
+            sel = chan[:, lj]
+            if sel.any():
+                kept_g[:, k] = np.where(sel, self._kept_group(k, r[:, lj]), self._g_channels[k])
+        frac_removed = 1.0 - kept_g / self._g_channels[None, :]          # resolve's removed_frac
+        rem_g = np.rint(self._g_channels[None, :] * frac_removed)        # removed channels per group
+        kept_out = np.broadcast_to(self._out_c, (P, L)).copy()
+        has_g = self._out_gcol >= 0
+        kept_out[:, has_g] = kept_g[:, self._out_gcol[has_g]]
+        kept_in = self._in_c[None, :] - np.rint(rem_g @ self._in_expand).astype(np.int64)
+        kept_in = np.where(self._coupled_dw[None, :], kept_out, kept_in)
+        for j, per, counts in self._grouped:
+            per_group = np.full((P, counts[0][1].size), float(per))
+            for k, n_in in counts:
+                per_group -= np.rint(n_in[None, :] * frac_removed[:, k:k + 1])
+            valid &= (per_group == per_group[:, :1]).all(axis=1)
+        per_group_in = np.where(self._coupled_dw[None, :], 1, kept_in // self._ngroups[None, :])
+        rows = kept_out
+        cols = per_group_in * self._ke[None, :]
+        dense_weights = rows * cols
+        dense_macs = self._spatial[None, :] * dense_weights
+
+        # ---- resolve: weight patterns ------------------------------------------------------
+        n, m = self.nm
+        bh, bw = self.block
+        is_u, is_nm, is_b = codes == _UNSTR, codes == _NM, codes == _BLOCK
+        valid &= ~(is_nm & (cols % m != 0)).any(axis=1)
+        valid &= ~(is_b & ((rows % bh != 0) | (cols % bw != 0))).any(axis=1)
+        valid &= ~((is_u | is_b) & (dense_weights == 0)).any(axis=1)
+        # Each weight pattern is computed on its own entries only (most entries are dense/channel).
+        density = np.ones((P, L))
+        nnz = dense_weights.copy()
+        iu, ib = np.nonzero(is_u), np.nonzero(is_b)
+        if iu[0].size:
+            tot = np.maximum(dense_weights[iu], 1)
+            kf = np.maximum(1.0 - r[iu], self.min_density)
+            density[iu] = np.minimum(tot, np.maximum(1.0, np.ceil(tot * kf - 1e-9))) / tot
+        if ib[0].size:
+            nb = np.maximum((rows[ib] // bh) * (cols[ib] // bw), 1)
+            kf = np.maximum(1.0 - r[ib], self.min_density)
+            density[ib] = np.minimum(nb, np.maximum(1.0, np.ceil(nb * kf - 1e-9))) / nb
+        density[is_nm] = n / m
+        weight_level = is_u | is_nm | is_b
+        nnz[weight_level] = np.rint(dense_weights[weight_level] * density[weight_level]).astype(np.int64)
+        of = kept_out / self._out_c[None, :]
+        inf = kept_in / self._in_c[None, :]
+        act_out_kept = np.rint(self._act_out[None, :] * of)
+        act_in_kept = np.rint(self._act_in[None, :] * inf)
+
+        # ---- latency: RooflineModel.features / layer_latency -------------------------------
+        cm: RooflineModel = self.cost_model  # type: ignore[assignment]
+        b = DTYPE_BYTES[cm.dtype]
+        accel_code = np.array([bool(cm.target.accelerates(p)) for p in PATTERN_NAMES])
+        macs_eff = dense_macs.astype(float)
+        wbytes = dense_weights.astype(float) * b
+        # Only accelerated weight-level patterns price their zeros away (density < 1 there).
+        sped = weight_level & accel_code[np.clip(codes, 0, len(PATTERN_NAMES) - 1)]
+        if sped.any():
+            macs_eff[sped] = macs_eff[sped] * density[sped]
+            wbytes[sped] = nnz[sped].astype(float) * b
+        act = (act_in_kept + act_out_kept) * b / self._ex_bytes[None, :]
+        nbytes = wbytes + act
+        bw_ = np.where((nbytes <= cm.cache_bytes) & (cm.cache_bw is not None), cm.cache_bw or cm.dram_bw, cm.dram_bw)
+        roof = np.maximum(macs_eff / cm.peak_macs_s, nbytes / bw_)
+        gaps = [layer for layer, kind in zip(self._layers, self._kind) if kind not in cm.scale]
+        if gaps and not self.allow_gaps:
+            raise CoverageError(f"cost model {cm.kind} has no latency figure for layers {gaps} "
+                                f"(kinds {sorted({str(k) for k in self._kind if k not in cm.scale})}); refit it "
+                                "with measurements of those layers or use allow_gaps=True to report them")
+        scale = np.array([cm.scale.get(k, math.nan) for k in self._kind])
+        overhead = np.array([cm.overhead.get(k, math.nan) for k in self._kind])
+        lat = scale[None, :] * roof + overhead[None, :]
+        latency = np.nansum(lat, axis=1) + cm.model_overhead_s()
+
+        # ---- storage: costmodels.memory.layer_storage --------------------------------------
+        db = DTYPE_BYTES[self.dtype]
+        weights_b = dense_weights * db                                   # dense, channel
+        if iu[0].size:
+            rw, cl, nz = rows[iu], cols[iu], nnz[iu]
+            csr = nz * _idx_bytes(cl) + (rw + 1) * _ptr_bytes(nz)
+            bitmask = (rw * cl + 7) // 8
+            weights_b[iu] = nz * db + np.minimum(csr, bitmask)               # csr if csr < bitmask
+        if is_nm.any():
+            kept_nm = dense_weights[is_nm] * n // m
+            bits = max(1, math.ceil(math.log2(m)))
+            weights_b[is_nm] = kept_nm * db + (kept_nm * bits + 7) // 8
+        if ib[0].size:
+            nz = nnz[ib]
+            kb = nz // (bh * bw)
+            weights_b[ib] = nz * db + kb * _idx_bytes(cols[ib] // bw) + (rows[ib] // bh + 1) * _ptr_bytes(kb)
+        bias_b = kept_out * (self._has_bias * (_INT8_BIAS_BYTES if self.dtype == "int8" else db))[None, :]
+        qp_b = kept_out * _QPARAM_BYTES_PER_CHANNEL if self.dtype == "int8" else 0
+        layer_flash = weights_b + bias_b + qp_b
+        flash = layer_flash.sum(axis=1)
+
+        # ---- peak SRAM: costmodels.memory.peak_sram_bytes ----------------------------------
+        sram = self._peak_sram(kept_g, P)
+
+        out = {"latency_s": np.where(valid, latency, math.nan),
+               "flash_bytes": np.where(valid, flash, -1).astype(np.int64),
+               "sram_bytes": np.where(valid, sram, -1).astype(np.int64),
+               "macs": np.where(valid, dense_macs.sum(axis=1), -1).astype(np.int64),
+               "valid": valid}
+        if details:
+            out.update(layer_latency_s=lat, kept_out=kept_out, kept_in=kept_in, dense_macs=dense_macs, nnz=nnz,
+                       layer_flash_bytes=layer_flash)
+        return out
+
+    def _peak_sram(self, kept_g: np.ndarray, P: int) -> np.ndarray:
+        if not self._live_sets:
+            return np.zeros(P, dtype=np.int64)
+        ex_b = float(self._ex_bytes[0])
+        dtype_scale = DTYPE_BYTES[self.dtype] / ex_b
+        gfrac = kept_g / self._g_channels[None, :]                      # out_frac of each group
+        frac = np.ones((P, len(self._act_bytes)))
+        has_g = self._act_gcol >= 0
+        frac[:, has_g] = gfrac[:, self._act_gcol[has_g]]
+        size = self._act_bytes[None, :] * frac * dtype_scale
+        peak = np.full(P, -np.inf)
+        for idx in self._live_sets:
+            # a contiguous copy summed along its rows: the summation order of the loop's 1-D sum
+            np.maximum(peak, np.ascontiguousarray(size[:, idx]).sum(axis=1), out=peak)
+        return np.ceil(peak).astype(np.int64)
+
+    def _price_loop(self, codes: np.ndarray, ratios: np.ndarray, details: bool) -> dict[str, np.ndarray]:
+        P, L = codes.shape
+        out = {"latency_s": np.full(P, math.nan), "flash_bytes": np.full(P, -1, dtype=np.int64),
+               "sram_bytes": np.full(P, -1, dtype=np.int64), "macs": np.full(P, -1, dtype=np.int64),
+               "valid": np.zeros(P, dtype=bool)}
+        if details:
+            for key in ("kept_out", "kept_in", "dense_macs", "nnz", "layer_flash_bytes"):
+                out[key] = np.full((P, L), -1, dtype=np.int64)
+            out["layer_latency_s"] = np.full((P, L), math.nan)
+        from hwsearch.plan import resolve
+
+        for i in range(P):
+            try:
+                plan = self.arrays_to_plans(codes[i:i + 1], ratios[i:i + 1])[0]
+                res = resolve(self.graph.table, self.graph.groups, plan, channel_multiple=self.channel_multiple,
+                              min_density=self.min_density)
+            except PlanError:
+                continue
+            cost = self.cost_model.predict(self.graph, plan, dtype=self.dtype, resolved=res,
+                                           allow_gaps=self.allow_gaps)
+            out["latency_s"][i] = cost.latency_s
+            out["flash_bytes"][i] = cost.flash_bytes
+            out["sram_bytes"][i] = cost.sram_bytes
+            out["macs"][i] = int(res["dense_macs"].sum())
+            out["valid"][i] = True
+            if details:
+                for key in ("kept_out", "kept_in", "dense_macs", "nnz"):
+                    out[key][i] = res[key].to_numpy()
+                out["layer_flash_bytes"][i] = cost.layers["flash_bytes"].to_numpy()
+                out["layer_latency_s"][i] = cost.layers["latency_s"].to_numpy()
+        return out
+
+    def throughput(self, n: int = 2000, *, seed: int = 0, repeats: int = 5) -> float:
+        """Median plans per second of :meth:`price` on ``n`` random valid-looking plans (for
+        benchmarks and logs; not a test criterion)."""
+        codes, ratios = self.random_arrays(n, seed=seed)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.price(codes, ratios)
+            times.append(time.perf_counter() - t0)
+        return n / float(np.median(times))
+
+    def random_arrays(self, n: int, *, seed: int = 0, max_ratio: float = 0.9,
+                      codes_allowed: Sequence[str] = ("dense", "unstructured", "channel")) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random plans as arrays: per layer a pattern drawn from ``codes_allowed``
+        (``channel`` only where the layer may take it) and a ratio in [0, ``max_ratio``)."""
+        rng = np.random.default_rng(seed)
+        L = len(self._layers)
+        allowed = [PATTERN_CODES[p] for p in codes_allowed]
+        codes = rng.choice(np.array(allowed), size=(n, L))
+        codes = np.where((codes == _CHAN) & ~self._chan_ok[None, :], _DENSE, codes)
+        ratios = rng.uniform(0.0, max_ratio, size=(n, L))
+        return codes, ratios
