@@ -42,6 +42,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--trials", type=int, default=60, help="trials per round")
     p.add_argument("--measure-top-k", type=int, default=3, help="Pareto plans measured per round")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.05,
+                   help="measure only front plans within this accuracy (absolute) of the dense model")
     p.add_argument("--mode", choices=["quick", "tuned"], default=None,
                    help="measuring mode: quick (best of sampled schedules) or tuned (MetaSchedule)")
     p.add_argument("--tuning-trials", type=int, default=64, help="MetaSchedule trials per model (tuned mode)")
@@ -102,7 +104,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
     cfg = SearchConfig(
         out_dir=a.out, target=a.target, model=a.model or zoo.REFERENCE[0], data=a.data or zoo.REFERENCE[1],
-        storage=a.storage, study_name=a.study, rounds=a.rounds, trials=a.trials, measure_top_k=a.measure_top_k,
+        storage=a.storage, study_name=a.study, rounds=a.rounds, trials=a.trials, measure_top_k=a.measure_top_k, max_accuracy_drop=a.max_accuracy_drop,
         mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
         patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,

@@ -56,7 +56,8 @@ def map_layer_timings(graph: ModelGraph, folded: nn.Module, layers: list[dict]) 
 
 
 def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir: Path, mode: str | None = None,
-                  tuning_trials: int = 64, samples: int = 8) -> dict[str, Any]:
+                  tuning_trials: int = 64, samples: int = 8, repeats: int = 10,
+                  min_repeat_ms: int = 20) -> dict[str, Any]:
     """Measure ``folded`` (a physically pruned model) on ``target``. Returns the backend's fields
     (``latency_s``, spread, ``layers``…, ``error``) plus ``layer_s`` mapped to layer names."""
     backend = target.measure.get("backend", "none")
@@ -69,9 +70,10 @@ def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir
         rpc = None
         if backend == "tvm-rpc":
             rpc = tvm_backend.RPCConfig.from_target(target) if hasattr(tvm_backend.RPCConfig, "from_target") else None
+        evaluator = tvm_backend.EvaluatorConfig(repeat=repeats, min_repeat_ms=min_repeat_ms)
         res = tvm_backend.measure(folded, graph.example_inputs, mode=mode, work_dir=Path(work_dir),
                                   tvm_target=dict(target.measure.get("tvm_target", {})) or None,
-                                  trials=tuning_trials, samples=samples, rpc=rpc)
+                                  trials=tuning_trials, samples=samples, rpc=rpc, evaluator=evaluator)
         rec = res.to_dict()
         rec["layer_s"] = map_layer_timings(graph, folded, rec.get("layers", [])) if rec.get("error") is None else {}
         return rec

@@ -55,6 +55,9 @@ class SearchConfig:
     rounds: int = 2
     trials: int = 60                      # per round
     measure_top_k: int = 3                # Pareto plans measured per round
+    max_accuracy_drop: float = 0.05       # measure front plans within this (absolute) of dense accuracy
+    repeats: int = 10                     # time_evaluator repeats (median and IQR over these)
+    min_repeat_ms: int = 20               # each repeat runs at least this long
     mode: str | None = None               # measuring mode; default from the target spec
     tuning_trials: int = 64               # MetaSchedule trials per model in "tuned" mode
     samples: int = 8                      # schedules sampled per function in "quick" mode
@@ -260,9 +263,12 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         recs = store.load()  # other workers may have measured meanwhile
         measured_keys = {r["plan_key"] for r in recs if r.get("target") == target.identity}
         todo: list[tuple[Plan, float | None]] = []
+        dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
         if DENSE_PLAN.key not in measured_keys:
-            todo.append((DENSE_PLAN, ev.accuracy(ev.decisions(DENSE_PLAN))))
-        todo += _pick(front, measured_keys, cfg.measure_top_k)
+            todo.append((DENSE_PLAN, dense_acc))
+        useful = front[front["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
+        todo += _pick(useful if not useful.empty else front.sort_values("accuracy", ascending=False).head(1),
+                      measured_keys, cfg.measure_top_k)
         new = []
         for i, (plan, acc) in enumerate(todo, 1):
             dec = ev.decisions(plan)
@@ -270,7 +276,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             predicted = ev.cost(plan, dec).latency_s
             say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
             m = measure_model(target, graph, folded, work_dir=work_dir, mode=cfg.mode,
-                              tuning_trials=cfg.tuning_trials, samples=cfg.samples)
+                              tuning_trials=cfg.tuning_trials, samples=cfg.samples, repeats=cfg.repeats,
+                              min_repeat_ms=cfg.min_repeat_ms)
             rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
                               costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
             rec = store.append(rec)

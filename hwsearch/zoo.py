@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from hwsearch.errors import ModelError
 
-__all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "train", "evaluate", "load_callable",
+__all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "mnist1d_cnn_small", "train", "evaluate", "load_callable",
            "load_model", "load_data", "cache_dir", "REFERENCE"]
 
 log = logging.getLogger(__name__)
@@ -163,10 +163,15 @@ def evaluate(model: nn.Module, data: Dataset, *, params: dict[str, torch.Tensor]
     return correct / len(data.y_val)
 
 
-def mnist1d_cnn(width: int = 32) -> tuple[nn.Module, torch.Tensor]:
+def mnist1d_cnn_small() -> tuple[nn.Module, torch.Tensor]:
+    """A width-8 variant of the reference model for quick checks and tests (≈5 s to train)."""
+    return mnist1d_cnn(width=8, epochs=10)
+
+
+def mnist1d_cnn(width: int = 32, epochs: int = 25) -> tuple[nn.Module, torch.Tensor]:
     """The reference model, trained once on MNIST-1D and cached (≈10–30 s on 2 cores)."""
     data = mnist1d_data()
-    key = hashlib.sha1(f"{_MODEL_REVISION}-w{width}-{torch.__version__}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{_MODEL_REVISION}-w{width}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
     path = cache_dir() / f"mnist1d_cnn-w{width}-{key}.pt"
     model = MNIST1DNet(width)
     if path.exists():
@@ -177,7 +182,7 @@ def mnist1d_cnn(width: int = 32) -> tuple[nn.Module, torch.Tensor]:
             log.warning("retraining: corrupt cached weights %s", path)
     log.info("training the reference model (cached at %s)", path)
     torch.manual_seed(0)
-    train(model, data, epochs=25)
+    train(model, data, epochs=epochs)
     _atomic_save(model.state_dict(), path)
     return model.eval(), data.example_input
 
