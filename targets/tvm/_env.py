@@ -18,6 +18,7 @@ __all__ = [
     "cpu_model",
     "default_target",
     "host_arch",
+    "intrinsic_families",
     "register_cpu_tensor_intrinsics",
     "utc_now",
     "versions",
@@ -84,14 +85,15 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def register_cpu_tensor_intrinsics() -> None:
-    """Register only the CPU tensor intrinsics (x86, ARM) instead of all of them.
+def register_cpu_tensor_intrinsics(families: tuple[str, ...] = ("x86", "arm_cpu")) -> None:
+    """Register only the CPU tensor intrinsics (``families``: x86, ARM) instead of all of them.
 
     ``TuneContext`` and MetaSchedule's ``LocalBuilder`` workers ``import tvm.s_tir.tensor_intrin``,
     whose ``__init__`` registers every intrinsic family; the CUDA and ROCm ones alone take ~17 s
     on this machine (≈20 s in total, per process). For CPU (llvm) targets only the x86 and ARM
     families can be picked by the schedule rules, so this installs the package in
-    ``sys.modules`` *without* running its ``__init__`` and imports just those two submodules.
+    ``sys.modules`` *without* running its ``__init__`` and imports just those submodules
+    (x86 ≈ 0.1 s, arm_cpu ≈ 1.8 s; see :func:`intrinsic_families` for which a target needs).
 
     Only call it in processes this backend owns (the measuring worker, builder workers): a
     process that later tunes for CUDA would miss the CUDA intrinsics. A no-op when the package
@@ -107,8 +109,22 @@ def register_cpu_tensor_intrinsics() -> None:
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[_INTRIN_PKG] = pkg
     tvm.s_tir.tensor_intrin = pkg  # type: ignore[attr-defined]
-    for family in ("x86", "arm_cpu"):
+    for family in families:
         try:
             importlib.import_module(f"{_INTRIN_PKG}.{family}")
         except Exception as exc:  # noqa: BLE001 - a family that fails to register is skipped
             logger.debug("tensor intrinsics %s not registered: %s", family, exc)
+
+
+def intrinsic_families(target: dict[str, Any]) -> tuple[str, ...] | None:
+    """CPU tensor-intrinsic families a Target JSON dict can use: ``("x86",)`` or
+    ``("arm_cpu",)`` from its ``mtriple`` (or the host when it has none); ``None`` for a
+    non-CPU target or an unknown architecture — then all intrinsics must be registered."""
+    if target.get("kind") != "llvm":
+        return None
+    arch = str(target.get("mtriple") or host_arch()).lower()
+    if arch.startswith(("x86_64", "amd64", "i686", "i386")):
+        return ("x86",)
+    if arch.startswith(("aarch64", "arm64", "arm", "thumb")):
+        return ("arm_cpu",)
+    return None

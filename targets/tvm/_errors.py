@@ -5,7 +5,8 @@ import re
 
 from hwsearch.errors import HwsearchError
 
-__all__ = ["BuildFailure", "ImportFailure", "MeasureFailure", "TVMBackendError", "one_line"]
+__all__ = ["BuildFailure", "ImportFailure", "MeasureFailure", "TVMBackendError", "one_line",
+           "user_frame"]
 
 
 class TVMBackendError(HwsearchError):
@@ -29,17 +30,33 @@ class MeasureFailure(TVMBackendError):
 _NOISE = re.compile(r"^(Traceback|\s*File |\s+at |\s*\d+: |note: run with|\s*$)")
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300, *, first: bool = False) -> str:
     """``"<Type>: <the most informative line of the message>"``, at most ``limit`` characters.
 
-    TVM errors carry a C++/Python traceback; this keeps the last line that is not part of it
-    (usually ``Check failed: ...`` or the Python error text)."""
+    TVM errors carry a C++/Python traceback before the message, so by default the last line
+    that is not part of it is kept (usually ``Check failed: ...``); torch puts the message
+    first and advice after it, so ``first=True`` keeps the first line instead."""
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _NOISE.match(ln)]
-    msg = lines[-1] if lines else (text.splitlines()[0] if text else "")
+    if not lines:
+        msg = text.splitlines()[0] if text else ""
+    else:
+        msg = lines[0] if first else lines[-1]
     # TVM repeats the error type inside the message ("InternalError: Check failed: ...").
     name = type(exc).__name__
     if not msg.startswith(name) and not re.match(r"^\w+(Error|Exception):", msg):
         msg = f"{name}: {msg}" if msg else name
     msg = " ".join(msg.split())
     return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``"file.py:12 in forward"`` — the last source location quoted in the message, if any."""
+    found = _FRAME.findall(str(exc))
+    if not found:
+        return None
+    path, line, func = found[-1]
+    return f"{path}:{line} in {func}"

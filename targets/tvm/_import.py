@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import ImportFailure, one_line
+from ._errors import ImportFailure, one_line, user_frame
 
 if TYPE_CHECKING:
     import torch
@@ -56,8 +56,10 @@ def export_model(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor])
         with torch.no_grad():
             return torch.export.export(model.eval(), example_inputs)
     except Exception as exc:  # noqa: BLE001 - any export failure becomes a record
+        where = user_frame(exc)
         raise ImportFailure(
-            f"torch.export failed: {one_line(exc)} — make forward() traceable (no "
+            f"torch.export failed: {one_line(exc, first=True)}"
+            f"{f' (at {where})' if where else ''} — make forward() traceable (no "
             "data-dependent Python control flow; use torch.cond/torch.where) or pass "
             "example_inputs that match forward()"
         ) from exc
@@ -73,16 +75,18 @@ def run_reference(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]
 
 
 def flatten_outputs(out: Any) -> list[np.ndarray]:
-    """Nested tuples/lists of torch or TVM tensors → flat list of numpy arrays."""
-    if isinstance(out, (list, tuple)):
-        flat: list[np.ndarray] = []
-        for item in out:
-            flat.extend(flatten_outputs(item))
-        return flat
-    if hasattr(out, "detach"):
+    """Nested tuples/lists/TVM arrays of torch or TVM tensors → flat list of numpy arrays."""
+    if isinstance(out, np.ndarray):
+        return [out]
+    if hasattr(out, "detach"):  # torch.Tensor
         return [out.detach().cpu().numpy()]
-    if hasattr(out, "numpy"):
+    if hasattr(out, "numpy"):  # tvm.runtime.Tensor
         return [out.numpy()]
+    if isinstance(out, (list, tuple)) or (hasattr(out, "__len__") and hasattr(out, "__getitem__")):
+        flat: list[np.ndarray] = []
+        for i in range(len(out)):
+            flat.extend(flatten_outputs(out[i]))
+        return flat
     return [np.asarray(out)]
 
 

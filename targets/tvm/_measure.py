@@ -118,28 +118,35 @@ def measure_exported(
     build_s = 0.0
     notes: list[str] = []
     stage = "setup"
+    clock = [time.perf_counter()]
+
+    def enter(name: str) -> str:
+        now = time.perf_counter()
+        logger.info("measure: %s done in %.2f s; %s", stage, now - clock[0], name)
+        clock[0] = now
+        return name
 
     def fail(error: str) -> MeasureResult:
         return _error_record(error, mode=mode, rpc=rpc, target=tvm_target, evaluator=evaluator,
                              tune_s=tune_s, build_s=build_s, notes=notes)
 
     try:
-        stage = "target"
+        stage = enter("target")
         target = make_target(tvm_target)
         if rpc is None:
             _check_runnable_here(target)
-        stage = "relax import"
+        stage = enter("relax import")
         imported = import_exported(exported_program)
-        stage = "task extraction"
+        stage = enter("task extraction")
         tasks = tuning_tasks(fuse(imported.mod, target), target)
-        stage = "device"
+        stage = enter("device")
         if rpc is None:
             device: Any = LocalDevice(cpu_model())
         else:
             from ._rpc import connect
 
             device = connect(rpc, work_dir / "rpc_uploads")
-        stage = "scheduling"
+        stage = enter("scheduling")
         with database_lock(work_dir):
             database = open_database(work_dir)
             missing = [t for t in tasks if not has_record(database, t.dispatched[0], target)]
@@ -170,7 +177,7 @@ def measure_exported(
             if reused:
                 notes.append(f"{reused} of {len(tasks)} kernel(s) reused from the tuning database")
             tune_s = time.perf_counter() - t0
-        stage = "compile"
+        stage = enter("compile")
         compiled = compile_model(imported, target, database)
         build_s = compiled.build_s
         if compiled.unscheduled:
@@ -179,7 +186,7 @@ def measure_exported(
                 f"({', '.join(compiled.unscheduled)}); default TVM code is not reported as a "
                 "latency — see notes for why sampling failed, or use mode='tuned'"
             )
-        stage = "run"
+        stage = enter("run")
         stats, outputs = time_model(compiled.executable, device, inputs, evaluator)
         max_abs_err = _compare(outputs, reference)
         if max_abs_err is not None and reference:
@@ -192,7 +199,7 @@ def measure_exported(
                 return _replace(rec, max_abs_err=max_abs_err)
         layers: tuple[LayerTiming, ...] = ()
         if per_layer:
-            stage = "per-layer timing"
+            stage = enter("per-layer timing")
             layers = time_kernels(compiled.calls, target, device, evaluator)
     except TVMBackendError as exc:
         return fail(str(exc))
@@ -200,6 +207,7 @@ def measure_exported(
         logger.exception("measure failed during %s", stage)
         return fail(f"{stage} failed: {one_line(exc)}")
 
+    enter("record")
     fields = _base(mode, device.backend, device.description, tvm_target, evaluator)
     fields.update(
         latency_s=stats.median_s, latency_iqr_s=stats.iqr_s, latency_min_s=stats.min_s,
@@ -290,6 +298,18 @@ def measure(
     if not isinstance(target, dict):
         return _error_record(f"tvm_target={tvm_target!r} is not a dict — pass a Target JSON dict "
                              "such as {'kind': 'llvm', 'num-cores': 2}", target={}, **common)
+    try:  # cheap checks first, so a bad target does not cost a worker start
+        from ._compile import make_target
+
+        parsed = make_target(target)
+        if rpc is None:
+            _check_runnable_here(parsed)
+        else:
+            from ._rpc import check_reachable
+
+            check_reachable(rpc)
+    except TVMBackendError as exc:
+        return _error_record(str(exc), target=target, **common)
     example_inputs = tuple(example_inputs)
     try:
         exported = export_model(model, example_inputs)

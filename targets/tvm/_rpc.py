@@ -18,7 +18,7 @@ import numpy as np
 from ._config import RPCConfig
 from ._errors import MeasureFailure, one_line
 
-__all__ = ["RemoteDevice", "connect", "exporter"]
+__all__ = ["RemoteDevice", "check_reachable", "connect", "exporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,24 @@ def _bounded(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     return box["value"]
 
 
+def check_reachable(cfg: RPCConfig) -> None:
+    """Fail fast (within ``cfg.timeout_s``) when the device cannot be reached: for a tracker,
+    ask it which keys it serves; for a server, open and drop one session. Raises
+    :class:`MeasureFailure` like :func:`connect`."""
+    _open_session(cfg, probe=True)
+
+
 def connect(cfg: RPCConfig, upload_dir: Path) -> RemoteDevice:
     """Open a session as ``cfg`` says, within ``cfg.timeout_s`` seconds.
 
     Raises :class:`MeasureFailure` with the address and a remedy when the server or tracker is
     unreachable, has no server under ``cfg.key``, or does not answer in time."""
+    return RemoteDevice(_open_session(cfg), cfg, upload_dir)
+
+
+def _open_session(cfg: RPCConfig, *, probe: bool = False) -> Any:
+    """An RPC session as ``cfg`` says (see :func:`connect`); with ``probe`` and a tracker, only
+    check that the tracker answers and serves ``cfg.key`` (returns ``None``)."""
     from tvm import rpc
 
     session_timeout = float(cfg.session_timeout_s or 0)
@@ -110,22 +123,27 @@ def connect(cfg: RPCConfig, upload_dir: Path) -> RemoteDevice:
 
     def _via_tracker() -> Any:
         tracker = rpc.connect_tracker(cfg.host, cfg.port)
-        summary = tracker.summary()
-        # server_info keys read "server:<key>"
-        keys = sorted({str(info.get("key", "")).split(":", 1)[-1]
-                       for info in summary.get("server_info", ())})
-        if cfg.key not in keys:
-            raise MeasureFailure(
-                f"tracker {cfg.host}:{cfg.port} has no server with key {cfg.key!r} "
-                f"(registered: {keys or 'none'}) — start one with python -m "
-                f"tvm.exec.rpc_server --tracker {cfg.host}:{cfg.port} --key {cfg.key}"
-            )
-        return tracker.request(cfg.key, priority=cfg.priority, session_timeout=session_timeout,
-                               max_retry=1)
+        try:
+            summary = tracker.summary()
+            # server_info keys read "server:<key>"
+            keys = sorted({str(info.get("key", "")).split(":", 1)[-1]
+                           for info in summary.get("server_info", ())})
+            if cfg.key not in keys:
+                raise MeasureFailure(
+                    f"tracker {cfg.host}:{cfg.port} has no server with key {cfg.key!r} "
+                    f"(registered: {keys or 'none'}) — start one with python -m "
+                    f"tvm.exec.rpc_server --tracker {cfg.host}:{cfg.port} --key {cfg.key}"
+                )
+            if probe:
+                return None
+            return tracker.request(cfg.key, priority=cfg.priority,
+                                   session_timeout=session_timeout, max_retry=1)
+        finally:
+            tracker.close()
 
-    what = f"{cfg.address}"
+    what = cfg.address
     try:
-        session = _bounded(_via_tracker if cfg.tracker else _direct, cfg.timeout_s, what)
+        return _bounded(_via_tracker if cfg.tracker else _direct, cfg.timeout_s, what)
     except MeasureFailure as exc:
         if "did not answer" in str(exc):
             raise MeasureFailure(
@@ -138,4 +156,3 @@ def connect(cfg: RPCConfig, upload_dir: Path) -> RemoteDevice:
             f"cannot connect to {what}: {one_line(exc)} — start python -m tvm.exec."
             f"{'rpc_tracker' if cfg.tracker else 'rpc_server'} there or fix host/port"
         ) from exc
-    return RemoteDevice(session, cfg, upload_dir)

@@ -36,10 +36,11 @@ RUNNER_TIMEOUT_S = 60.0
 
 
 def builder_initializer() -> None:
-    """Runs first in every MetaSchedule builder/runner worker process."""
-    from ._env import register_cpu_tensor_intrinsics
+    """Runs first in every MetaSchedule builder/runner worker process: tuning runs on the host
+    CPU, so only the host architecture's tensor intrinsics are registered."""
+    from ._env import intrinsic_families, register_cpu_tensor_intrinsics
 
-    register_cpu_tensor_intrinsics()
+    register_cpu_tensor_intrinsics(intrinsic_families({"kind": "llvm"}) or ("x86", "arm_cpu"))
 
 
 @dataclass

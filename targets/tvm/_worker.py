@@ -26,12 +26,13 @@ def main(argv: list[str]) -> int:
     with open(job / "job.pkl", "rb") as fh:
         payload = pickle.load(fh)
     kwargs = payload["kwargs"]
-    if kwargs["tvm_target"].get("kind") == "llvm":
+    from ._env import intrinsic_families, register_cpu_tensor_intrinsics
+
+    families = intrinsic_families(kwargs["tvm_target"])
+    if families is not None:
         # This process is ours and only schedules CPU code: skip the ~20 s registration of
         # GPU tensor intrinsics (see register_cpu_tensor_intrinsics).
-        from ._env import register_cpu_tensor_intrinsics
-
-        register_cpu_tensor_intrinsics()
+        register_cpu_tensor_intrinsics(families)
     import torch
 
     from ._measure import measure_exported
