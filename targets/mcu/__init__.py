@@ -10,16 +10,17 @@ Public API::
         -> McuLayerMeasurement
     available() -> str | None          # None when the toolchain and emulator are installed
     format_bytes(fmt, rows, cols, ...) # hand count of a format's weight bytes
+    prune_to_format(op, weight, fmt, density, ...)  # magnitude pruning in the kernels' view
 """
 from __future__ import annotations
 
 from ._formats import FORMATS, PackedMatrix, format_bytes, pack, unpack
-from ._layers import DTYPES, OPS
+from ._layers import DTYPES, OPS, prune_to_format
 from ._measure import IMPLS, McuLayerMeasurement, measure_layer
 from ._toolchain import CPUS, INSTALL_HINT, missing_tools, tool_versions
 
 __all__ = ["McuLayerMeasurement", "measure_layer", "available", "CPUS", "OPS", "FORMATS", "DTYPES",
-           "IMPLS", "format_bytes", "pack", "unpack", "PackedMatrix", "tool_versions"]
+           "IMPLS", "format_bytes", "pack", "unpack", "PackedMatrix", "tool_versions", "prune_to_format"]
 
 
 def available() -> str | None:

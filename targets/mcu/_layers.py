@@ -10,7 +10,7 @@ import numpy as np
 from ._formats import PackedMatrix, pack
 
 __all__ = ["OPS", "DTYPES", "LayerGeom", "geometry", "weight_matrices", "pack_layer", "AsmData",
-           "mat_initializer", "conv_initializer", "c_type", "scratch_bytes"]
+           "mat_initializer", "conv_initializer", "c_type", "scratch_bytes", "prune_to_format"]
 
 OPS = ("linear", "conv1d", "conv2d", "dwconv2d")
 DTYPES = ("int8", "fp32")
@@ -246,3 +246,65 @@ def scratch_bytes(g: LayerGeom, dtype: str) -> int:
     eb = 1 if dtype == "int8" else 4
     return el * eb + 4 * ptrs + 8
 
+
+
+def prune_to_format(op: str, weight: np.ndarray, fmt: str, density: float = 1.0, *, n: int = 2, m: int = 4,
+                    block: tuple[int, int] = (4, 4), groups: int = 1) -> np.ndarray:
+    """Magnitude-prune ``weight`` (PyTorch layout) so that it fits ``fmt`` in the kernels' matrix view.
+
+    ``csr``/``bitmask``: keep the ``round(density * size)`` largest weights. ``nm``: the ``n``
+    largest of every ``m`` consecutive reduction elements (for convs: input channels at one
+    kernel tap). ``block``: keep the ``round(density * size / (bh*bw))`` blocks of largest L1 norm.
+    ``dense`` returns a copy. Used by the fidelity study and tests; plans use hwsearch's masks.
+    """
+    w = np.array(weight, copy=True)
+    if fmt == "dense":
+        return w
+    if fmt in ("csr", "bitmask"):
+        k = int(round(density * w.size))
+        flat = np.abs(w).reshape(-1)
+        keep = np.zeros(w.size, dtype=bool)
+        if k > 0:
+            keep[np.argsort(-flat, kind="stable")[:k]] = True
+        w.reshape(-1)[~keep] = 0
+        return w
+    dummy_x = _dummy_input_shape(op, w.shape, groups)
+    g = geometry(op, w.shape, dummy_x, groups=groups)
+    mats = weight_matrices(g, w)
+    out = []
+    for mat in mats:
+        mat = mat.copy()
+        R, K = mat.shape
+        if fmt == "nm":
+            v = mat.reshape(R, K // m, m)
+            order = np.argsort(-np.abs(v), axis=2, kind="stable")
+            np.put_along_axis(v, order[:, :, n:], 0, axis=2)
+        elif fmt == "block":
+            bh, bw = block
+            b = mat.reshape(R // bh, bh, K // bw, bw)
+            norms = np.abs(b).sum(axis=(1, 3))
+            kb = int(round(density * mat.size / (bh * bw)))
+            keep = np.zeros(norms.size, dtype=bool)
+            if kb > 0:
+                keep[np.argsort(-norms.reshape(-1), kind="stable")[:kb]] = True
+            b *= keep.reshape(norms.shape)[:, None, :, None]
+        else:
+            raise ValueError(f"unknown weight format {fmt!r}")
+        out.append(mat)
+    full = np.concatenate(out, axis=0)
+    if g.op == "linear":
+        return full
+    if g.op == "dwconv2d":
+        return full.reshape(w.shape)
+    cig = g.in_c // g.groups
+    return full.reshape(g.out_c, g.k_h, g.k_w, cig).transpose(0, 3, 1, 2).reshape(w.shape)
+
+
+def _dummy_input_shape(op: str, w_shape: tuple[int, ...], groups: int) -> tuple[int, ...]:
+    if op == "linear":
+        return (w_shape[1],)
+    if op == "conv1d":
+        return (w_shape[1] * groups, w_shape[2])
+    if op == "dwconv2d":
+        return (w_shape[0], w_shape[2], w_shape[3])
+    return (w_shape[1] * groups, w_shape[2], w_shape[3])

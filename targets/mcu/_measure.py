@@ -14,7 +14,7 @@ import numpy as np
 from . import _toolchain as tc
 from ._formats import FORMATS
 from ._layers import (DTYPES, OPS, AsmData, LayerGeom, conv_initializer, geometry, mat_initializer,
-                      pack_layer, scratch_bytes)
+                      pack_layer, scratch_bytes, weight_matrices)
 from ._reference import choose_requant, quantize_symmetric, reference_acc, reference_fp32, requantize
 
 __all__ = ["McuLayerMeasurement", "measure_layer", "PreparedLayer", "prepare_layer", "IMPLS"]
@@ -155,13 +155,27 @@ def _from_kernel_output(p: PreparedLayer, flat: np.ndarray) -> np.ndarray:
 
 
 def _elf_symbol_sizes(elf: Path) -> dict[str, int]:
-    res = subprocess.run([tc.NM, "-S", "--defined-only", str(elf)], capture_output=True, text=True,
-                         timeout=60)
+    """``{symbol: st_size}`` of the defined symbols of a little-endian ELF32 file (what
+    ``arm-none-eabi-nm -S`` prints, read directly: no subprocess)."""
+    import struct
+
+    data = elf.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise RuntimeError(f"{elf} is not a little-endian ELF32 file")
+    shoff, = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
+    sections = [struct.unpack_from("<10I", data, shoff + i * shentsize) for i in range(shnum)]
     sizes: dict[str, int] = {}
-    for line in res.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 4:
-            sizes[parts[3]] = int(parts[1], 16)
+    for sh in sections:
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        str_off = sections[sh[6]][4]
+        for j in range(sh[5] // 16):
+            name_off, _value, size, _info, _other, shndx = struct.unpack_from("<IIIBBH", data, sh[4] + j * 16)
+            if shndx == 0 or name_off == 0:
+                continue
+            end = data.index(b"\0", str_off + name_off)
+            sizes[data[str_off + name_off:end].decode()] = size
     return sizes
 
 
@@ -284,10 +298,16 @@ def measure_layer(op: str, weight: np.ndarray, x: np.ndarray, *, fmt: str = "den
             return record(error=f"impl='tvm' measures TVM's dense C code only, not fmt={fmt!r}",
                           compile_s=time.perf_counter() - t0)
         packs = pack_layer(p.geom, p.w, fmt, n=n, m=m, block=block)
-        stats.update(macs=p.geom.macs, nnz=int(np.count_nonzero(p.w)),
+        stats.update(macs=p.geom.macs, weights=int(p.w.size), nnz=int(np.count_nonzero(p.w)),
                      stored=sum(pk.stats["stored"] for pk in packs),
                      weight_bytes=sum(pk.nbytes for pk in packs),
                      bias_bytes=int(p.bias.nbytes), quant_bytes=int(p.mult.nbytes + p.shift.nbytes))
+        if fmt == "block":  # block rows without a kept block
+            stats["empty_rows"] = int(sum(int((np.diff(pk.arrays["ptr"].astype(np.int64)) == 0).sum())
+                                          for pk in packs))
+        else:  # weight rows without a nonzero
+            stats["empty_rows"] = int(sum(int((~(mat != 0).any(axis=1)).sum())
+                                          for mat in weight_matrices(p.geom, p.w)))
         if fmt == "block":
             stats["kept_blocks"] = sum(pk.stats["kept_blocks"] for pk in packs)
         if work_dir is None:
