@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hwsearch.errors import PlanError
 from hwsearch.plan import LayerChoice
 
-__all__ = ["Pattern", "StorageBytes", "get", "names", "register"]
+__all__ = ["Pattern", "StorageBytes", "NMCompressed", "nm_compress", "nm_decompress", "get", "names",
+           "register"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,80 @@ class Block(Pattern):
         kept_blocks = nnz // (bh * bw)
         index = kept_blocks * _idx_bytes(cols // bw) + (rows // bh + 1) * _ptr_bytes(kept_blocks)
         return StorageBytes(nnz * dtype_bytes, index, "bsr")
+
+
+@dataclass(frozen=True)
+class NMCompressed:
+    """An N:M-sparse 2-D weight as a kernel reads it.
+
+    ``values``: ``rows × cols·N/M`` tensor of the kept weights, row-major, the ``N`` kept of
+    each group of ``M`` in ascending column order. ``indices``: ``uint8`` tensor of
+    ``ceil(rows·cols·N/M · bits / 8)`` bytes holding, for every value in the same order, its
+    position inside its group (``bits = ceil(log2 M)``: 2 for 2:4) packed least-significant
+    bit first, without padding between rows. This is the logical content of NVIDIA's 2:4
+    format (values + 2-bit metadata per kept value); cuSPARSELt additionally reorders the
+    metadata bytes for its tensor-core tiles, which changes no byte count.
+    ``shape`` is the dense ``(rows, cols)``.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    shape: tuple[int, int]
+    n: int
+    m: int
+
+    @property
+    def bits(self) -> int:
+        return max(1, math.ceil(math.log2(self.m)))
+
+    def storage(self) -> StorageBytes:
+        """Bytes of this layout; equal to ``get("nm").storage(...)`` for the same shape."""
+        return StorageBytes(int(self.values.numel() * self.values.element_size()), int(self.indices.numel()), "nm")
+
+
+def nm_compress(weight: torch.Tensor, n: int, m: int, mask: torch.Tensor | None = None) -> NMCompressed:
+    """Compress a 2-D ``rows × cols`` weight to :class:`NMCompressed`.
+
+    ``mask`` (boolean, same shape) says which weights are kept and must keep exactly ``n`` of
+    every ``m`` consecutive columns; without it the ``n`` largest magnitudes of each group are
+    kept. Raises :class:`PlanError` when ``weight`` is not 2-D, ``cols`` is not divisible by
+    ``m``, ``0 < n < m`` does not hold, or ``mask`` breaks the N:M rule.
+    """
+    if weight.dim() != 2:
+        raise PlanError(f"nm_compress needs a 2-D weight view (rows × cols), got shape {tuple(weight.shape)}; "
+                        "reshape a conv weight with weight.reshape(weight.shape[0], -1)")
+    if not 0 < n < m:
+        raise PlanError(f"N:M needs 0 < N < M, got {n}:{m}")
+    rows, cols = weight.shape
+    if cols % m:
+        raise PlanError(f"{n}:{m} compression needs the input dimension ({cols}) divisible by {m}")
+    if mask is None:
+        mask = NM().mask(weight.detach().abs(), LayerChoice("nm", n=n, m=m))
+    if tuple(mask.shape) != (rows, cols):
+        raise PlanError(f"mask shape {tuple(mask.shape)} differs from weight shape {(rows, cols)}")
+    groups = mask.reshape(rows, cols // m, m).bool()
+    per_group = groups.sum(-1)
+    if bool((per_group != n).any()):
+        bad = int(per_group[per_group != n][0])
+        raise PlanError(f"mask keeps {bad} weights in some group of {m}, not {n}; build it with the nm pattern")
+    pos = torch.argsort((~groups).to(torch.int8), dim=-1, stable=True)[..., :n]  # kept positions, ascending
+    values = weight.detach().reshape(rows, cols // m, m).gather(-1, pos).reshape(rows, cols // m * n).clone()
+    bits = max(1, math.ceil(math.log2(m)))
+    flat = pos.reshape(-1).numpy().astype(np.uint8)
+    bitplanes = ((flat[:, None] >> np.arange(bits, dtype=np.uint8)[None, :]) & 1).reshape(-1)
+    packed = np.packbits(bitplanes, bitorder="little")
+    return NMCompressed(values=values, indices=torch.from_numpy(packed.copy()), shape=(rows, cols), n=n, m=m)
+
+
+def nm_decompress(c: NMCompressed) -> torch.Tensor:
+    """The dense ``rows × cols`` weight of a :class:`NMCompressed` (zeros where pruned)."""
+    rows, cols = c.shape
+    count = rows * cols // c.m * c.n
+    bitplanes = np.unpackbits(c.indices.numpy(), bitorder="little")[: count * c.bits].reshape(count, c.bits)
+    pos = torch.from_numpy((bitplanes.astype(np.int64) << np.arange(c.bits)[None, :]).sum(1))
+    dense = torch.zeros(rows, cols // c.m, c.m, dtype=c.values.dtype)
+    dense.scatter_(-1, pos.reshape(rows, cols // c.m, c.n), c.values.reshape(rows, cols // c.m, c.n))
+    return dense.reshape(rows, cols)
 
 
 _REGISTRY: dict[str, Pattern] = {}
