@@ -214,7 +214,7 @@ def _kept_in_group(channels: int, ratio: float, multiple: int, min_density: floa
         raise PlanError(f"channel group of {leader!r} cannot be pruned: a grouped convolution has one "
                         "channel per conv group there; leave the group dense")
     step = math.lcm(multiple, nseg)
-    if channels % step:
+    if channels <= multiple or channels % step:
         step = nseg
     kept = max(step, int(round(channels * (1.0 - ratio) / step)) * step)
     floor = math.ceil(min_density * channels - 1e-9)

@@ -12,12 +12,21 @@ Two ways, with the same outputs (tested):
   follow), and weight-level zeros are baked into the smaller weights.
 
 Decisions (which channels, which weights) are computed once by :func:`decide` from the
-original weights, so both modes remove the same things.
+original weights, so both modes remove the same things. Fold mode lets Torch-Pruning do the
+surgery (module attributes, BatchNorm, shapes) and then writes every changed layer's weight
+from the original through the decided index map, so grouped convolutions (whose per-group
+input selection Torch-Pruning does not track) come out right too.
+
+:func:`global_plan` turns one global sparsity into per-layer unstructured ratios by a global
+threshold over a criterion's scores; :func:`nm_compressed` gives the N:M value + metadata
+layout of a folded model's N:M layers.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import logging
+import math
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -26,18 +35,26 @@ import torch.nn.utils.parametrize as parametrize
 import torch_pruning as tp
 
 from hwsearch import importance, patterns
+from hwsearch.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import Plan, resolve
+from hwsearch.plan import LayerChoice, Plan, channel_segments, input_slices, resolve
 
-__all__ = ["Decisions", "decide", "apply", "masked_state"]
+__all__ = ["Decisions", "decide", "apply", "masked_state", "global_plan", "nm_compressed"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Decisions:
     """What a plan removes: ``keep_out[layer]`` / ``keep_in[layer]`` are the sorted kept
-    output-channel and input-column indices (None = all), ``masks[layer]`` the full-shape boolean
-    keep-mask of the weight (channels and weight pattern combined), ``sub_masks[layer]`` the
-    weight-pattern mask on the channel-pruned weight, ``resolved`` the plan's resolution."""
+    output-channel and input-column indices (None = all; input columns index the layer's
+    input channels — its ``in_features`` for a linear after a flatten), ``masks[layer]`` the
+    full-shape boolean keep-mask of the weight (channels and weight pattern combined),
+    ``sub_masks[layer]`` the weight-pattern mask on the channel-pruned weight, ``resolved`` the
+    plan's resolution, ``pruned_channels[gid]`` the removed channel indices of each group and
+    ``columns[layer]`` the index map of the channel-pruned weight: row ``i`` of it is original
+    row ``keep_out[i]``, its column ``j`` original column ``columns[layer][i, j]`` of
+    ``weight.shape[1]`` (per row because grouped convs keep different columns per conv group)."""
 
     keep_out: dict[str, torch.Tensor | None]
     keep_in: dict[str, torch.Tensor | None]
@@ -45,6 +62,7 @@ class Decisions:
     masks: dict[str, torch.Tensor]
     sub_masks: dict[str, torch.Tensor]
     resolved: pd.DataFrame
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _expand(idx: torch.Tensor, factor: int) -> torch.Tensor:
@@ -53,22 +71,98 @@ def _expand(idx: torch.Tensor, factor: int) -> torch.Tensor:
     return (idx[:, None] * factor + torch.arange(factor)[None, :]).flatten()
 
 
-def decide(graph: ModelGraph, plan: Plan, *, criterion: str = "magnitude", data: importance.DataBatches | None = None,
-           channel_multiple: int = 8, min_density: float = 0.0) -> Decisions:
-    """Choose the channels and weights ``plan`` removes from ``graph.model`` by ``criterion``."""
+def _is_coupled_depthwise(row: pd.Series) -> bool:
+    return row["kind"] == "depthwise" and int(row["in_channels"]) == int(row["out_channels"])
+
+
+def _select_channels(ch: torch.Tensor, kept: int, segments: list[int] | None) -> torch.Tensor:
+    """Indices of the ``kept`` highest channel scores; with ``segments``, the same number in
+    each segment (resolve made ``kept`` a multiple of the segment count)."""
+    if segments is None:
+        return torch.sort(torch.topk(ch, kept).indices).values
+    seg = torch.tensor(segments)
+    nseg = int(seg.max()) + 1
+    per = kept // nseg
+    picks = []
+    for s in range(nseg):
+        members = torch.nonzero(seg == s).flatten()
+        picks.append(members[torch.topk(ch[members], per).indices])
+    return torch.sort(torch.cat(picks)).values
+
+
+def _in_columns(row: pd.Series, group_keep: dict[int, torch.Tensor], graph: ModelGraph) -> torch.Tensor | None:
+    slices = [sl for sl in input_slices(row) if sl[0] in group_keep]
+    if not slices or _is_coupled_depthwise(row):
+        return None
+    keep = torch.ones(int(row["in_channels"]), dtype=torch.bool)
+    for gid, off, e in slices:
+        c = int(graph.groups[gid].channels)
+        keep[off:off + c * e] = False
+        keep[off + _expand(group_keep[gid], e)] = True
+    return torch.nonzero(keep).flatten()
+
+
+def _column_map(layer: str, row: pd.Series, w_shape: tuple[int, ...], oi: torch.Tensor,
+                ki: torch.Tensor | None) -> torch.Tensor:
+    """``[len(oi), kept columns]`` original indices into ``weight.shape[1]``."""
+    if _is_coupled_depthwise(row):
+        return torch.zeros((len(oi), w_shape[1]), dtype=torch.long)
+    ng = int(row["groups"])
+    if ng > 1:
+        per_in = int(row["in_channels"]) // ng
+        per_out = int(row["out_channels"]) // ng
+        rows = []
+        for o in oi.tolist():
+            j = o // per_out
+            if ki is None:
+                rows.append(torch.arange(per_in))
+            else:
+                rows.append(ki[(ki >= j * per_in) & (ki < (j + 1) * per_in)] - j * per_in)
+        if len({len(r) for r in rows}) > 1:
+            raise PlanError(f"grouped conv {layer!r} would keep unequal input channels per conv group; "
+                            "leave the channel groups feeding it dense")
+        return torch.stack(rows)
+    ii = ki if ki is not None else torch.arange(w_shape[1])
+    return ii[None, :].expand(len(oi), -1).clone()
+
+
+def _iterative_sparsity(res: pd.DataFrame, layers: list[str]) -> float:
+    total = float(res.loc[layers, "weight_params"].sum())
+    kept = float(res.loc[layers, "nnz"].sum())
+    return max(0.0, 1.0 - kept / total) if total else 0.0
+
+
+def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criterion = "magnitude",
+           data: importance.DataBatches | None = None, channel_multiple: int = 8,
+           min_density: float = 0.0) -> Decisions:
+    """Choose the channels and weights ``plan`` removes from ``graph.model`` by ``criterion``
+    (a registered name or a configured :class:`~hwsearch.importance.Criterion`).
+
+    Channel groups keep the channels with the largest summed L2 norm of their producers'
+    filter scores (balanced over the conv groups of grouped convs); weight patterns rank the
+    remaining weights' scores. An iterative criterion (``synflow``, ``imp``) is run to the
+    plan's overall sparsity over the scored layers. Raises :class:`PlanError` for an invalid
+    plan, an unknown criterion, or a criterion that needs data given none.
+    """
     table = graph.table
     res = resolve(table, graph.groups, plan, channel_multiple=channel_multiple, min_density=min_density)
     crit = importance.get(criterion)
     if crit.needs_data and data is None:
-        from hwsearch.errors import PlanError
-        raise PlanError(f"criterion {criterion!r} needs data: pass a data loader (or use 'magnitude')")
+        raise PlanError(f"criterion {crit.name!r} needs data: pass data=<callable yielding (inputs, targets) "
+                        "batches>, or use a data-free criterion ('magnitude', 'synflow', 'random')")
     touched = [n for n in table.index if res.at[n, "pattern"] != "dense" or res.at[n, "out_frac"] < 1
                or res.at[n, "in_frac"] < 1]
     need_scores = set(touched)
     for gid, g in graph.groups.items():
         if any(res.at[p, "out_frac"] < 1 for p in g.producers):
             need_scores.update(g.producers)
-    scores = crit.scores(graph.model, sorted(need_scores), data) if need_scores else {}
+    scored = sorted(need_scores, key=lambda n: int(table.at[n, "order"]))
+    scores: dict[str, torch.Tensor] = {}
+    if scored:
+        kwargs: dict = {"example_inputs": graph.example_inputs}
+        if crit.iterative:
+            kwargs["sparsity"] = _iterative_sparsity(res, scored)
+        scores = crit.scores(graph.model, scored, data, **kwargs)
 
     group_keep: dict[int, torch.Tensor] = {}
     pruned: dict[int, list[int]] = {}
@@ -76,8 +170,8 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str = "magnitude", data:
         kept = int(res.at[g.leader, "kept_out"])
         if kept >= g.channels:
             continue
-        ch = sum(scores[p].reshape(g.channels, -1).float().pow(2).sum(1).sqrt() for p in g.producers)
-        keep = torch.sort(torch.topk(ch, kept).indices).values
+        ch = sum(scores[p].reshape(g.channels, -1).double().pow(2).sum(1).sqrt() for p in g.producers)
+        keep = _select_channels(ch, kept, channel_segments(table, graph.groups, gid))
         group_keep[gid] = keep
         pruned[gid] = sorted(set(range(g.channels)) - set(keep.tolist()))
 
@@ -85,33 +179,31 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str = "magnitude", data:
     keep_in: dict[str, torch.Tensor | None] = {}
     masks: dict[str, torch.Tensor] = {}
     sub_masks: dict[str, torch.Tensor] = {}
+    columns: dict[str, torch.Tensor] = {}
     mods = dict(graph.model.named_modules())
     for layer in table.index:
         row = res.loc[layer]
         ko = group_keep.get(int(row["out_group"]))
-        ki = group_keep.get(int(row["in_group"]))
-        if ki is not None:
-            ki = _expand(ki, int(row["in_expand"]))
-        if row["kind"] == "depthwise":
-            ki = None  # its single input column per group follows its output channel
+        ki = _in_columns(row, group_keep, graph)
         keep_out[layer], keep_in[layer] = ko, ki
         if layer not in need_scores:
             continue
         w = mods[layer].weight
-        full = torch.zeros(w.shape, dtype=torch.bool)
         oi = ko if ko is not None else torch.arange(w.shape[0])
-        ii = ki if ki is not None else torch.arange(w.shape[1])
+        cols = _column_map(layer, row, tuple(w.shape), oi, ki)
+        columns[layer] = cols
         pat = patterns.get(str(row["pattern"]))
         if pat.weight_level:
-            sub = scores[layer][oi][:, ii]
+            sub = scores[layer][oi[:, None], cols]
             choice = plan.get_choice(layer)
             sm = pat.mask(sub.reshape(len(oi), -1), choice, min_density).reshape(sub.shape)
             sub_masks[layer] = sm
         else:
-            sm = torch.ones((len(oi), len(ii)) + tuple(w.shape[2:]), dtype=torch.bool)
-        full[oi[:, None], ii[None, :]] = sm
+            sm = torch.ones((len(oi), cols.shape[1]) + tuple(w.shape[2:]), dtype=torch.bool)
+        full = torch.zeros(w.shape, dtype=torch.bool)
+        full[oi[:, None], cols] = sm
         masks[layer] = full
-    return Decisions(keep_out, keep_in, pruned, masks, sub_masks, res)
+    return Decisions(keep_out, keep_in, pruned, masks, sub_masks, res, columns)
 
 
 class _Mask(nn.Module):
@@ -139,16 +231,17 @@ def masked_state(graph: ModelGraph, decisions: Decisions) -> dict[str, torch.Ten
     return out
 
 
-def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask", criterion: str = "magnitude",
-          data: importance.DataBatches | None = None, channel_multiple: int = 8,
-          min_density: float = 0.0) -> nn.Module:
+def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask",
+          criterion: str | importance.Criterion = "magnitude", data: importance.DataBatches | None = None,
+          channel_multiple: int = 8, min_density: float = 0.0) -> nn.Module:
     """A pruned deep copy of ``graph.model`` (the original is untouched).
 
-    ``mode`` is ``"mask"`` (parametrized keep-masks, trainable) or ``"fold"`` (channels removed,
-    zeros baked in). Raises :class:`~hwsearch.errors.PlanError` for an invalid plan.
+    ``mode`` is ``"mask"`` (parametrized keep-masks, trainable: masked weights stay zero
+    whatever the optimiser does) or ``"fold"`` (channels removed, weight-level zeros baked in;
+    see :func:`nm_compressed` for the N:M layout). Raises
+    :class:`~hwsearch.errors.PlanError` for an invalid plan or mode.
     """
     if mode not in ("mask", "fold"):
-        from hwsearch.errors import PlanError
         raise PlanError(f"unknown mode {mode!r}; use 'mask' or 'fold'")
     dec = plan if isinstance(plan, Decisions) else decide(
         graph, plan, criterion=criterion, data=data, channel_multiple=channel_multiple, min_density=min_density)
@@ -164,17 +257,140 @@ def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask", crit
                 parametrize.register_parametrization(mods[layer], "bias", _Mask(bmask))
         return model
 
+    originals = {layer: (mods[layer].weight.detach().clone(),
+                         None if mods[layer].bias is None else mods[layer].bias.detach().clone())
+                 for layer in dec.masks}
     if dec.pruned_channels:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=graph.example_inputs)
+        # Torch-Pruning selects a grouped conv's input columns as keep_idxs[:n/groups] of the
+        # global channel indices, which is wrong (and can index out of range) unless the same
+        # local channels are kept in every conv group. The real weights are written below from
+        # the decided index map; during the surgery grouped convs carry a full-width
+        # placeholder so that selection stays in range.
+        grouped = [layer for layer in originals
+                   if int(graph.table.at[layer, "groups"]) > 1 and not _is_coupled_depthwise(graph.table.loc[layer])]
         for gid, idxs in dec.pruned_channels.items():
+            for layer in grouped:
+                mod = mods[layer]
+                mod.weight = nn.Parameter(torch.zeros((mod.weight.shape[0], mod.in_channels) + tuple(mod.weight.shape[2:]),
+                                                      dtype=mod.weight.dtype))
             leader = mods[graph.groups[gid].leader]
             fn = tp.prune_linear_out_channels if isinstance(leader, nn.Linear) else tp.prune_conv_out_channels
             group = dg.get_pruning_group(leader, fn, idxs=list(idxs))
             group.prune()
+        for layer in grouped:
+            mod = mods[layer]
+            mod.weight = nn.Parameter(torch.zeros((mod.weight.shape[0], mod.in_channels // mod.groups)
+                                                  + tuple(mod.weight.shape[2:]), dtype=mod.weight.dtype))
     with torch.no_grad():
-        for layer, sm in dec.sub_masks.items():
-            w = mods[layer].weight
-            if w.shape != sm.shape:
-                raise RuntimeError(f"internal: folded weight of {layer} is {tuple(w.shape)}, mask {tuple(sm.shape)}")
-            w.mul_(sm.to(w.dtype))
+        for layer, (w0, b0) in originals.items():
+            ko = dec.keep_out.get(layer)
+            oi = ko if ko is not None else torch.arange(w0.shape[0])
+            cols = dec.columns.get(layer)
+            if cols is None:  # Decisions built by hand without index maps
+                cols = torch.arange(w0.shape[1])[None, :].expand(len(oi), -1)
+            new_w = w0[oi[:, None], cols]
+            sm = dec.sub_masks.get(layer)
+            if sm is not None:
+                new_w = new_w * sm.to(new_w.dtype)
+            mod = mods[layer]
+            if tuple(mod.weight.shape) != tuple(new_w.shape):
+                raise RuntimeError(f"internal: folded weight of {layer} is {tuple(mod.weight.shape)}, "
+                                   f"decided {tuple(new_w.shape)}")
+            mod.weight.copy_(new_w)
+            if b0 is not None:
+                mod.bias.copy_(b0[oi])
     return model
+
+
+def global_plan(graph: ModelGraph, sparsity: float, *, criterion: str | importance.Criterion = "magnitude",
+                data: importance.DataBatches | None = None, min_density: float = 0.0,
+                layers: list[str] | None = None) -> Plan:
+    """Per-layer unstructured ratios from one global ``sparsity`` (fraction of the weights of
+    ``layers`` — default all prunable layers — removed) by a global threshold over
+    ``criterion``'s scores.
+
+    With ``min_density`` > 0 every layer keeps at least ``ceil(min_density·weights)`` and the
+    threshold is lowered over the other layers so the total still meets ``sparsity``; floored
+    layers get the ratio the bare threshold gave them, so ``resolve``/``decide`` called with
+    the same ``min_density`` floor them and report ``min_density_binds``. Apply the plan with
+    the same ``criterion`` and ``min_density`` to get the global mask. A plan cannot empty a
+    layer: a layer the threshold empties keeps its top weight (use
+    :mod:`hwsearch.collapse` to study collapse). Raises :class:`PlanError` for a sparsity
+    outside [0, 1), a ``min_density`` the sparsity cannot meet, or criterion errors.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise PlanError(f"sparsity {sparsity!r} out of range: give the fraction removed, 0 <= sparsity < 1")
+    names_ = list(layers) if layers is not None else list(graph.table.index)
+    unknown = set(names_) - set(graph.table.index)
+    if unknown:
+        raise PlanError(f"layers not in the model: {sorted(unknown)}; valid: {', '.join(graph.table.index)}")
+    crit = importance.get(criterion)
+    kwargs: dict = {"example_inputs": graph.example_inputs}
+    if crit.iterative:
+        kwargs["sparsity"] = sparsity
+    scores = crit.scores(graph.model, names_, data, **kwargs)
+    sizes = {n: scores[n].numel() for n in names_}
+    total = sum(sizes.values())
+    target = int(round((1.0 - sparsity) * total))
+    floors = {n: min(sizes[n], math.ceil(min_density * sizes[n] - 1e-9)) for n in names_}
+    if sum(floors.values()) > target:
+        raise PlanError(f"min_density {min_density} keeps {sum(floors.values())} weights, more than sparsity "
+                        f"{sparsity} allows ({target}); lower min_density or the sparsity")
+    flat = torch.cat([scores[n].flatten().double() for n in names_])
+    order = torch.sort(flat, descending=True).values
+    per_layer = {n: torch.sort(scores[n].flatten().double()).values for n in names_}
+
+    def counts(k: int) -> dict[str, int]:
+        if k <= 0:
+            return {n: 0 for n in names_}
+        thr = order[k - 1]
+        return {n: int(per_layer[n].numel() - torch.searchsorted(per_layer[n], thr, right=False)) for n in names_}
+
+    lo, hi = 0, len(order)  # largest k with sum(max(count, floor)) <= target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        c = counts(mid)
+        if sum(max(c[n], floors[n]) for n in names_) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    raw = counts(lo)
+    floored = {n: raw[n] < floors[n] for n in names_}
+    kept = {n: floors[n] if floored[n] else raw[n] for n in names_}
+    short = target - sum(kept.values())  # ties at the threshold leave a few to hand out
+    for n in names_:
+        if short <= 0:
+            break
+        if not floored[n]:
+            add = min(short, sizes[n] - kept[n])
+            kept[n] += add
+            short -= add
+    choices = {}
+    for n in names_:
+        ratio = 1.0 - (raw[n] if floored[n] else kept[n]) / sizes[n]
+        ratio = min(ratio, 1.0 - 0.5 / sizes[n])  # LayerChoice needs ratio < 1: an empty layer keeps 1
+        if ratio > 0:
+            choices[n] = LayerChoice("unstructured", ratio)
+    log.debug("global plan at sparsity %.4f: %s", sparsity, {n: kept[n] / sizes[n] for n in names_})
+    return Plan(choices)
+
+
+def nm_compressed(model: nn.Module, decisions: Decisions) -> dict[str, patterns.NMCompressed]:
+    """The N:M compressed layout (values + packed indices, :func:`hwsearch.patterns.nm_compress`)
+    of every ``nm`` layer of ``model``, a model folded from ``decisions``
+    (``apply(..., mode="fold")``). Raises :class:`PlanError` when a layer's weight does not have
+    the decided channel-pruned shape (the model was not folded from these decisions)."""
+    mods = dict(model.named_modules())
+    out = {}
+    res = decisions.resolved
+    for layer, sm in decisions.sub_masks.items():
+        if res.at[layer, "pattern"] != "nm":
+            continue
+        w = mods[layer].weight.detach()
+        if tuple(w.shape) != tuple(sm.shape):
+            raise PlanError(f"{layer!r} has weight {tuple(w.shape)}, the decisions {tuple(sm.shape)}: pass the "
+                            "model folded from these decisions (apply(..., mode='fold'))")
+        out[layer] = patterns.nm_compress(w.reshape(w.shape[0], -1), int(res.at[layer, "n"]),
+                                          int(res.at[layer, "m"]), mask=sm.reshape(sm.shape[0], -1))
+    return out
