@@ -62,6 +62,8 @@ class RPCConfig:
     ``session_timeout_s`` lets the server end a session that lasts longer (seconds, 0 = never).
     ``cross_compiler`` is the C compiler that links the uploaded library when the device is
     not the host's architecture (e.g. ``"aarch64-linux-gnu-gcc"``); ``None`` uses the host's.
+    ``num_threads`` sets the device runtime's thread pool size before timing (``None``: the
+    runtime's default, one thread per core).
     """
 
     host: str
@@ -72,12 +74,44 @@ class RPCConfig:
     session_timeout_s: float = 600.0
     priority: int = 1
     cross_compiler: str | None = None
+    num_threads: int | None = None
+
+    @classmethod
+    def from_target(cls, target: Any) -> RPCConfig:
+        """The RPC settings of a target spec (an object with a ``measure`` dict, or that dict).
+
+        Reads ``rpc_host``, ``rpc_port``, ``rpc_key``, ``rpc_tracker`` (default true),
+        ``cross_compiler``, ``num_threads``, ``rpc_timeout_s``. The address, which belongs to
+        the lab rather than the device, falls back to TVM's ``TVM_TRACKER_HOST`` /
+        ``TVM_TRACKER_PORT`` environment variables, then to ``127.0.0.1:9190``; an address
+        where nothing listens gives an error record at measure time, not an exception here.
+        """
+        import os
+
+        measure = getattr(target, "measure", target)
+        if not isinstance(measure, dict):
+            raise ValueError(f"RPCConfig.from_target needs a target spec or its [measure] dict, "
+                             f"got {type(target).__name__}")
+        tracker = bool(measure.get("rpc_tracker", True))
+        key = measure.get("rpc_key") or None
+        threads = measure.get("num_threads")
+        return cls(
+            host=str(measure.get("rpc_host") or os.environ.get("TVM_TRACKER_HOST", "127.0.0.1")),
+            port=int(measure.get("rpc_port") or os.environ.get("TVM_TRACKER_PORT", 9190)),
+            key=str(key) if key else ("default" if tracker else None),
+            tracker=tracker,
+            timeout_s=float(measure.get("rpc_timeout_s", 60.0)),
+            cross_compiler=measure.get("cross_compiler") or None,
+            num_threads=int(threads) if threads else None,
+        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"RPCConfig.port={self.port!r} must be an int in 1..65535")
         if self.tracker and not self.key:
             raise ValueError("RPCConfig(tracker=True) needs key=<the server's --key> to request")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"RPCConfig.num_threads={self.num_threads!r} must be >= 1 or None")
         if self.timeout_s <= 0:
             raise ValueError(f"RPCConfig.timeout_s={self.timeout_s!r} must be > 0 seconds")
 

@@ -139,13 +139,17 @@ def measure_exported(
         imported = import_exported(exported_program)
         stage = enter("task extraction")
         tasks = tuning_tasks(fuse(imported.mod, target), target)
-        stage = enter("device")
-        if rpc is None:
-            device: Any = LocalDevice(cpu_model())
-        else:
+        device: Any = None
+
+        def open_device() -> Any:
+            # Opened lazily: MetaSchedule's RPC runner needs the tracker's server for itself
+            # while tuning, and a session held here would starve it.
+            if rpc is None:
+                return LocalDevice(cpu_model())
             from ._rpc import connect
 
-            device = connect(rpc, work_dir / "rpc_uploads")
+            return connect(rpc, work_dir / "rpc_uploads")
+
         stage = enter("scheduling")
         with database_lock(work_dir):
             database = open_database(work_dir)
@@ -153,12 +157,8 @@ def measure_exported(
             reused = len(tasks) - len(missing)
             t0 = time.perf_counter()
             if mode == "tuned" and missing:
-                if rpc is not None:
-                    raise TVMBackendError(
-                        "mode='tuned' tunes on the local CPU and cannot tune through RPC — "
-                        "tune on a host of the same CPU, or use mode='quick' with rpc"
-                    )
-                report = tune_tasks(missing, target, database, work_dir, trials=trials, seed=seed)
+                report = tune_tasks(missing, target, database, work_dir, trials=trials, seed=seed,
+                                    rpc=rpc)
                 notes.append(f"tuned {len(missing)} kernel(s) with {trials} trials "
                              f"(cost model {report.cost_model}) in {report.seconds:.0f} s")
                 missing = [t for t in missing if not has_record(database, t.dispatched[0], target)]
@@ -167,6 +167,7 @@ def measure_exported(
                         "tuner left without a valid schedule, filled by quick sampling "
                         f"(best of {samples}): " + ", ".join(t.task_name for t in missing))
             if missing:
+                device = open_device()
                 sampled = sample_schedules(missing, target, database, device, samples=samples,
                                            seed=seed)
                 if mode == "quick":
@@ -186,6 +187,9 @@ def measure_exported(
                 f"({', '.join(compiled.unscheduled)}); default TVM code is not reported as a "
                 "latency — see notes for why sampling failed, or use mode='tuned'"
             )
+        stage = enter("device")
+        if device is None:
+            device = open_device()
         stage = enter("run")
         stats, outputs = time_model(compiled.executable, device, inputs, evaluator)
         max_abs_err = _compare(outputs, reference)

@@ -48,6 +48,15 @@ class RemoteDevice:
         self.description = cfg.address
         self.upload_dir = Path(upload_dir)
         self.upload_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.num_threads:
+            try:
+                # affinity mode 0 (default), then the thread count of the device's pool
+                session.get_function("runtime.config_threadpool")(0, int(cfg.num_threads))
+            except Exception as exc:  # noqa: BLE001
+                raise MeasureFailure(
+                    f"cannot set {cfg.num_threads} threads on {cfg.address}: {one_line(exc)} — "
+                    "leave RPCConfig.num_threads=None"
+                ) from exc
 
     def load(self, executable: Any, tag: str) -> Any:
         """Export ``executable`` to ``<upload_dir>/<tag>.so``, upload and ``load_module`` it."""

@@ -10,6 +10,7 @@ largest conv without a good schedule; 256 trials ≈ 25 min reached torch-eager 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -17,8 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._config import RPCConfig
+from ._env import intrinsic_families
 from ._errors import BuildFailure, one_line
 
 if TYPE_CHECKING:
@@ -35,12 +38,26 @@ BUILDER_TIMEOUT_S = 120.0
 RUNNER_TIMEOUT_S = 60.0
 
 
-def builder_initializer() -> None:
-    """Runs first in every MetaSchedule builder/runner worker process: tuning runs on the host
-    CPU, so only the host architecture's tensor intrinsics are registered."""
-    from ._env import intrinsic_families, register_cpu_tensor_intrinsics
+def _export_shared(cross_compiler: str, module: Any) -> str:
+    """MetaSchedule ``f_export``: link ``module`` into a ``.so`` for the RPC device with
+    ``cross_compiler``; returns the file's path (runs in a builder worker)."""
+    import tempfile
 
-    register_cpu_tensor_intrinsics(intrinsic_families({"kind": "llvm"}) or ("x86", "arm_cpu"))
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="hwsearch-ms-"), "candidate.so")
+    module.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    return path
+
+
+def builder_initializer(families: tuple[str, ...] | None) -> None:
+    """Runs first in every MetaSchedule builder/runner worker process: registers only the
+    CPU tensor intrinsics ``families`` (from :func:`~targets.tvm._env.intrinsic_families`);
+    ``None`` (not a CPU target) leaves TVM to register all of them."""
+    from ._env import register_cpu_tensor_intrinsics
+
+    if families:
+        register_cpu_tensor_intrinsics(families)
 
 
 @dataclass
@@ -62,10 +79,13 @@ def tune_tasks(
     *,
     trials: int,
     seed: int = 0,
+    rpc: RPCConfig | None = None,
 ) -> TuneReport:
     """Tune ``tasks`` for ``trials`` measured candidates in total (shared by the gradient task
-    scheduler), committing records to ``database``. Raises :class:`BuildFailure` when
-    MetaSchedule itself fails; candidates that fail to build or run are only logged by it.
+    scheduler), committing records to ``database``. Candidates run on the local CPU, or with
+    ``rpc`` (a tracker) on the device through MetaSchedule's ``RPCRunner`` — linked with
+    ``rpc.cross_compiler`` when set. Raises :class:`BuildFailure` when MetaSchedule itself
+    fails or ``rpc`` is not a tracker; candidates that fail to build or run are only logged.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -74,12 +94,40 @@ def tune_tasks(
         return report
     if trials < 1:
         raise BuildFailure(f"trials={trials!r} must be >= 1 for mode='tuned'")
+    if rpc is not None and not rpc.tracker:
+        raise BuildFailure(
+            f"mode='tuned' through RPC needs a tracker, got {rpc.address} — register the "
+            "server with a tracker (rpc_server --tracker host:port --key K) and pass "
+            "RPCConfig(tracker=True, key=K), or use mode='quick'"
+        )
     start = time.perf_counter()
     cores = int(os.cpu_count() or 1)
     log_dir = Path(work_dir) / "tuning_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     # xgboost is optional in this project; without it the search is guided by a random model.
     report.cost_model = "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
+    target_dict = {"kind": target.kind.name,
+                   "mtriple": str(target.attrs.get("mtriple", "") or "") or None}
+    initializer = functools.partial(builder_initializer, intrinsic_families(target_dict))
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100,
+                                          enable_cpu_cache_flush=False)
+    builder = ms.builder.LocalBuilder(
+        max_workers=cores, timeout_sec=BUILDER_TIMEOUT_S, initializer=initializer,
+        f_export=functools.partial(_export_shared, rpc.cross_compiler)
+        if rpc is not None and rpc.cross_compiler else None,
+    )
+    if rpc is None:
+        runner: Any = ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_S,
+                                            evaluator_config=evaluator,
+                                            initializer=initializer)
+    else:
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(
+                tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key,
+                session_priority=rpc.priority,
+                session_timeout_sec=int(max(rpc.timeout_s, RUNNER_TIMEOUT_S))),
+            evaluator_config=evaluator, max_workers=1,
+        )
     try:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=list(tasks),
@@ -95,16 +143,8 @@ def tune_tasks(
             work_dir=str(log_dir),
             max_trials_global=int(trials),
             num_trials_per_iter=min(64, int(trials)),
-            builder=ms.builder.LocalBuilder(
-                max_workers=cores, timeout_sec=BUILDER_TIMEOUT_S,
-                initializer=builder_initializer,
-            ),
-            runner=ms.runner.LocalRunner(
-                timeout_sec=RUNNER_TIMEOUT_S,
-                evaluator_config=ms.runner.EvaluatorConfig(
-                    number=3, repeat=1, min_repeat_ms=100, enable_cpu_cache_flush=False),
-                initializer=builder_initializer,
-            ),
+            builder=builder,
+            runner=runner,
             database=database,
             cost_model=report.cost_model,
             task_scheduler="gradient",
