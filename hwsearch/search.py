@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,9 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                                         sampler=_sampler(cfg, constrained), load_if_exists=True)
         except Exception as exc:
             raise StoreError(f"cannot create or load study {name!r} in {cfg.storage_url()}: {exc}") from None
-        study.set_metric_names(["accuracy", "predicted_latency_s"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["accuracy", "predicted_latency_s"])
         study.set_user_attr("costmodel", cm.identity)
         study.set_user_attr("target", target.identity)
         mine = [t for t in study.trials if t.user_attrs.get("worker") == cfg.worker]
@@ -262,13 +265,18 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         # ---- measure the winners ----
         recs = store.load()  # other workers may have measured meanwhile
         measured_keys = {r["plan_key"] for r in recs if r.get("target") == target.identity}
-        todo: list[tuple[Plan, float | None]] = []
-        dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
-        if DENSE_PLAN.key not in measured_keys:
-            todo.append((DENSE_PLAN, dense_acc))
-        useful = front[front["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
-        todo += _pick(useful if not useful.empty else front.sort_values("accuracy", ascending=False).head(1),
-                      measured_keys, cfg.measure_top_k)
+        # The round's picks are stored before measuring, so a resumed worker measures exactly
+        # the plans it chose (and only those not measured yet), never a new selection.
+        pick_key = f"to_measure:{cfg.worker}"
+        if pick_key not in study.user_attrs:
+            dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
+            picks = [] if DENSE_PLAN.key in measured_keys else [(DENSE_PLAN, dense_acc)]
+            useful = front[front["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
+            picks += _pick(useful if not useful.empty else front.sort_values("accuracy", ascending=False).head(1),
+                           measured_keys, cfg.measure_top_k)
+            study.set_user_attr(pick_key, [{"plan": p.to_dict(), "accuracy": a} for p, a in picks])
+        todo = [(Plan.from_dict(d["plan"]), d["accuracy"]) for d in study.user_attrs[pick_key]]
+        todo = [(p, a) for p, a in todo if p.key not in measured_keys]
         new = []
         for i, (plan, acc) in enumerate(todo, 1):
             dec = ev.decisions(plan)
