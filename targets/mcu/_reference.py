@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["quantize_symmetric", "choose_requant", "requantize", "reference_acc", "reference_fp32"]
+__all__ = ["quantize_symmetric", "choose_requant", "requantize", "reference_acc", "reference_fp32",
+           "requant_from_real"]
 
 
 def quantize_symmetric(a: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +92,18 @@ def reference_fp32(op: str, w: np.ndarray, x: np.ndarray, bias: np.ndarray, *, s
     else:
         out = F.conv2d(tx[None], tw, tb, groups=groups, **_conv_args(op, stride, padding))[0]
     return out.numpy()
+
+
+def requant_from_real(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mult int32, shift int8)`` with ``mult · 2^-(32+shift)`` ≈ ``multiplier`` (per channel).
+
+    The kernels' SMMULR form covers multipliers in (0, 0.5]; larger ones raise ``ValueError``
+    (raise the output scale). Zero maps to ``mult = 0``."""
+    mr = np.asarray(multiplier, dtype=np.float64).reshape(-1)
+    if np.any(mr > 0.5 + 1e-12) or np.any(mr < 0):
+        raise ValueError(f"requantisation multipliers must lie in [0, 0.5], got max {mr.max():.4g}")
+    safe = np.where(mr > 0, mr, 0.5)
+    shift = np.clip(np.floor(np.log2((2.0 ** 31 - 1) / safe)) - 32, 0, 31).astype(np.int64)
+    mult = np.clip(np.rint(safe * np.exp2(32 + shift)), 0, 2 ** 31 - 1)
+    mult = np.where(mr > 0, mult, 0).astype(np.int32)
+    return mult, shift.astype(np.int8)
