@@ -1,15 +1,17 @@
 """Figures for ``targets/tvm/README.md``: one small conv net, timed four ways on this host.
 
 ``python -m targets.tvm._bench --work-dir /tmp/hwsearch-tvm-bench --trials 64 --samples 8
---out bench.json`` measures torch eager, TVM untuned (default schedules; a baseline only —
+--out bench.json`` measures torch eager (default threads and one thread), TVM untuned (default schedules; a baseline only —
 ``measure`` never reports it), ``measure(mode="quick")`` and ``measure(mode="tuned")``, each
-TVM mode with a fresh tuning database of its own, and writes the figures as JSON.
+TVM mode with a fresh tuning database of its own, and writes the figures as JSON with the
+load average before and after (the machine is shared).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -88,8 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     model, x = SmallConvNet().eval(), torch.randn(1, 1, 40)
     figures: dict[str, Any] = {"model": "SmallConvNet (conv1d 1-32-64-64, linear 640-10), "
                                         "input (1, 1, 40)"}
+    figures["loadavg_start"] = list(os.getloadavg())
     if "eager" in modes:
+        figures["torch_threads"] = torch.get_num_threads()
         figures["torch_eager_s"] = _torch_eager(model, x)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # OpenMP spinning suffers most on a loaded machine
+        figures["torch_eager_1thread_s"] = _torch_eager(model, x)
+        torch.set_num_threads(threads)
     if "untuned" in modes:
         figures["untuned"] = _untuned(model, x)
     for mode in ("quick", "tuned"):
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         record["wall_s"] = time.perf_counter() - start
         figures[mode] = record
         logger.info("%s: %s", mode, result.latency_s if result.ok else result.error)
+    figures["loadavg_end"] = list(os.getloadavg())
     text = json.dumps(figures, indent=1)
     if args.out:
         args.out.write_text(text)

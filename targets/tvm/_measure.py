@@ -105,6 +105,34 @@ def measure_exported(
 
     ``inputs`` are the example inputs as arrays, ``reference`` torch's outputs on them (flat).
     Never raises for a model, target or device problem: those become ``error``."""
+    work_dir = Path(work_dir)
+    upload_dir = work_dir / "rpc_uploads" / uuid.uuid4().hex[:12]
+    try:
+        return _measure_exported(
+            exported_program, inputs, reference, mode=mode, work_dir=work_dir,
+            tvm_target=tvm_target, trials=trials, samples=samples, evaluator=evaluator,
+            per_layer=per_layer, rpc=rpc, seed=seed, upload_dir=upload_dir)
+    finally:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+
+
+def _measure_exported(
+    exported_program: Any,
+    inputs: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray] | None,
+    *,
+    mode: str,
+    work_dir: Path,
+    tvm_target: dict[str, Any],
+    trials: int,
+    samples: int,
+    evaluator: EvaluatorConfig,
+    per_layer: bool,
+    rpc: RPCConfig | None,
+    seed: int,
+    upload_dir: Path,
+) -> MeasureResult:
+    """:func:`measure_exported`, with RPC uploads going to ``upload_dir``."""
     from ._compile import compile_model, fuse, make_target, tuning_tasks
     from ._database import database_lock, has_record, open_database
     from ._env import cpu_model
@@ -113,7 +141,6 @@ def measure_exported(
     from ._timing import LocalDevice, time_kernels, time_model
     from ._tune import tune_tasks
 
-    work_dir = Path(work_dir)
     tune_s = 0.0
     build_s = 0.0
     notes: list[str] = []
@@ -148,7 +175,7 @@ def measure_exported(
                 return LocalDevice(cpu_model())
             from ._rpc import connect
 
-            return connect(rpc, work_dir / "rpc_uploads")
+            return connect(rpc, upload_dir)
 
         stage = enter("scheduling")
         with database_lock(work_dir):
@@ -185,7 +212,7 @@ def measure_exported(
             return fail(
                 f"{len(compiled.unscheduled)} kernel(s) have no schedule in the tuning database "
                 f"({', '.join(compiled.unscheduled)}); default TVM code is not reported as a "
-                "latency — see notes for why sampling failed, or use mode='tuned'"
+                "latency — the notes say why scheduling them failed"
             )
         stage = enter("device")
         if device is None:
@@ -352,7 +379,12 @@ def _run_worker(exported: Any, inputs: list[np.ndarray], reference: list[np.ndar
                              "use fresh_process=False", **common)
     log_path = job / "worker.log"
     cmd = [sys.executable, "-m", "targets.tvm._worker", str(job)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The worker imports this package by name: make its root importable even when hwsearch
+    # is not installed (e.g. run from a checkout).
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=root + (os.pathsep + path if path else ""))
     start = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

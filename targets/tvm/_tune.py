@@ -137,12 +137,16 @@ def tune_tasks(
             num_threads=cores,
             seed=seed,
         )
+        if not contexts:  # every task was already scheduled by a library dispatch
+            return report
         ms.tune_tasks(
             tasks=contexts,
             task_weights=weights,
             work_dir=str(log_dir),
             max_trials_global=int(trials),
-            num_trials_per_iter=min(64, int(trials)),
+            # Small enough that every task gets a first round: with 64 per iteration and a
+            # 64-trial budget the first task would take everything.
+            num_trials_per_iter=max(1, min(64, int(trials) // len(contexts))),
             builder=builder,
             runner=runner,
             database=database,
