@@ -53,3 +53,4 @@ def _load_builtin() -> None:
     from costmodels.analytical import RooflineModel
 
     register("roofline", RooflineModel)
+    import costmodels.gpu24  # noqa: F401  (registers "gpu24": 2:4 speed-ups on NVIDIA GPUs)
