@@ -165,6 +165,12 @@ class BatchPricer:
         """Column order of the ``patterns`` / ``ratios`` arrays (the layer table's order)."""
         return list(self._layers)
 
+    @property
+    def channel_layers(self) -> list[str]:
+        """Layers that may take ``channel``: prunable channel-group leaders whose group
+        ``resolve`` can shrink (balanced over grouped convs)."""
+        return [n for n, ok in zip(self._layers, self._chan_ok) if ok]
+
     def _precompute(self) -> None:
         g = self.graph
         t = g.table
