@@ -161,7 +161,11 @@ def _open_session(cfg: RPCConfig, *, probe: bool = False) -> Any:
             ) from exc
         raise
     except Exception as exc:  # noqa: BLE001
-        raise MeasureFailure(
-            f"cannot connect to {what}: {one_line(exc)} — start python -m tvm.exec."
-            f"{'rpc_tracker' if cfg.tracker else 'rpc_server'} there or fix host/port"
-        ) from exc
+        if "cannot find server that matches key" in str(exc):
+            remedy = ("that server only accepts sessions handed out by its tracker or another "
+                      "--key; use RPCConfig(tracker=True, key=<its key>) with the tracker's "
+                      "address, or the server's key")
+        else:
+            remedy = (f"start python -m tvm.exec.{'rpc_tracker' if cfg.tracker else 'rpc_server'}"
+                      " there or fix host/port")
+        raise MeasureFailure(f"cannot connect to {what}: {one_line(exc)} — {remedy}") from exc
