@@ -74,6 +74,9 @@ def _export_parser(sub) -> None:
                    "plan within --max-drop of the dense accuracy)")
     p.add_argument("--max-drop", type=float, default=0.01, help="accepted accuracy drop (absolute fraction)")
     p.add_argument("--out", type=Path, default=None, help="bundle directory (default <from>/export-<plan>)")
+    p.add_argument("--target", default=None, help="export for another target than the search's (e.g. cortex-a76)")
+    p.add_argument("--verify", action="store_true", help="reload every artefact and check its outputs against "
+                   "the masked model")
 
 
 def _targets_parser(sub) -> None:
@@ -162,7 +165,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     cfg = summary.get("config", {})
     rec = export.pick_plan(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop)
     plan = Plan.from_dict(rec["plan"])
-    target = get_target(cfg.get("target", "host-x86"))
+    target = get_target(a.target or cfg.get("target", "host-x86"))
     model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
     if example is None:
         example = zoo.load_data(cfg.get("data", zoo.REFERENCE[1])).example_input
@@ -177,7 +180,12 @@ def _cmd_export(a: argparse.Namespace) -> int:
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")
-    return 1 if "error" in manifest["artifacts"] else 0
+    failed = "error" in manifest["artifacts"]
+    if a.verify:
+        for k, v in export.verify(out).items():
+            con.print(f"  verify {k}: {v}")
+            failed |= not v.startswith("ok")
+    return 1 if failed else 0
 
 
 def _cmd_targets(a: argparse.Namespace) -> int:
@@ -230,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if not a.verbose:  # third-party deprecation chatter (torch.export, Torch-Pruning) hides our output
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module="torch_pruning")
     try:
         return globals()[_COMMANDS[a.cmd]](a)
     except HwsearchError as exc:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hwsearch import prune, records
@@ -21,7 +22,7 @@ from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
 from hwsearch.plan import Plan
 
-__all__ = ["MANIFEST_SCHEMA_VERSION", "pick_plan", "bundle"]
+__all__ = ["MANIFEST_SCHEMA_VERSION", "pick_plan", "bundle", "verify"]
 
 log = logging.getLogger(__name__)
 MANIFEST_SCHEMA_VERSION = 1
@@ -71,6 +72,12 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
     ep = torch.export.export(folded, graph.example_inputs)
     torch.export.save(ep, out / "model.pt2")
     artifacts: dict[str, Any] = {"pytorch": "model.pt2", "fold_vs_mask_max_abs_err": max_err}
+    errors: list[str] = []
+    try:
+        _export_onnx(folded, graph.example_inputs, out / "model.onnx")
+        artifacts["onnx"] = "model.onnx"
+    except Exception as exc:  # recorded: an ONNX failure must not lose the other artefacts
+        errors.append(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     backend = target.measure.get("backend")
     if compile_artifact and backend in ("tvm-local", "tvm-rpc"):
         try:
@@ -81,8 +88,11 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
                                             tvm_target=dict(target.measure.get("tvm_target", {})) or None,
                                             cross_compiler=target.measure.get("cross_compiler"))
             artifacts["tvm_library"] = Path(lib).name
+            artifacts["tvm_target"] = dict(target.measure.get("tvm_target", {})) or "host default"
         except Exception as exc:  # a failed build is a record in the manifest
-            artifacts["error"] = f"TVM build failed: {type(exc).__name__}: {exc}"
+            errors.append(f"TVM build failed: {type(exc).__name__}: {exc}")
+    if errors:
+        artifacts["error"] = "; ".join(errors)
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -96,4 +106,101 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
         "artifacts": artifacts, "versions": versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    np.save(out / "example_input.npy", graph.example_inputs[0].detach().numpy())
+    np.save(out / "reference_output.npy", ref.detach().numpy())
     return manifest
+
+
+def _export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    import contextlib
+    import io
+
+    # the dynamo exporter prints progress to stdout and logs a torchvision notice: keep quiet
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, example_inputs, str(path), dynamo=True)
+
+
+def verify(bundle_dir: Path, *, atol: float = 1e-4) -> dict[str, str]:
+    """Reload every artefact of a bundle and compare its outputs with the masked model's
+    (``reference_output.npy`` on ``example_input.npy``). Returns {artefact: "ok …" or the
+    failure}; a library built for another architecture is checked as an ELF of that machine."""
+    bundle_dir = Path(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    x = np.load(bundle_dir / "example_input.npy")
+    ref = np.load(bundle_dir / "reference_output.npy")
+    arts = manifest["artifacts"]
+    res: dict[str, str] = {}
+
+    def check(name: str, got: np.ndarray) -> None:
+        err = float(np.abs(np.asarray(got) - ref).max())
+        res[name] = f"ok (max abs err {err:.2e})" if err <= atol * max(1.0, float(np.abs(ref).max())) else \
+            f"FAILED: max abs err {err:.2e} > {atol:g}"
+
+    for name, fn in (("pytorch", _run_pt2), ("onnx", _run_onnx), ("tvm_library", _run_tvm)):
+        if name not in arts:
+            continue
+        try:
+            got = fn(bundle_dir / arts[name], x, manifest)
+            if isinstance(got, str):
+                res[name] = got
+            else:
+                check(name, got)
+        except Exception as exc:
+            res[name] = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if "mcu_c" in arts:
+        res["mcu_c"] = _verify_mcu(bundle_dir / arts["mcu_c"], manifest)
+    return res
+
+
+def _run_pt2(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray:
+    ep = torch.export.load(str(path))
+    with torch.no_grad():
+        return ep.module()(torch.from_numpy(x)).numpy()
+
+
+def _run_onnx(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray:
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    return ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})[0]
+
+
+_ELF_MACHINES = {0x3E: "x86-64", 0xB7: "AArch64", 0x28: "ARM"}
+
+
+def _elf_machine(path: Path) -> str:
+    head = path.read_bytes()[:20]
+    if head[:4] != b"\x7fELF":
+        raise ValueError(f"{path.name} is not an ELF file")
+    return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), hex(int.from_bytes(head[18:20], "little")))
+
+
+def _run_tvm(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray | str:
+    import platform
+
+    machine = _elf_machine(path)
+    host = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), platform.machine())
+    if machine != host:
+        return f"ok (built only: {machine} ELF shared object; run it on the device or over TVM RPC)"
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out.numpy()
+
+
+def _verify_mcu(c_dir: Path, manifest: dict) -> str:
+    from targets.mcu import codegen
+
+    cpu = manifest.get("mcu", {}).get("cpu", "cortex-m4")
+    r = codegen.build(c_dir, cpu, run=True)
+    err = getattr(r, "error", None)
+    if err:
+        return f"FAILED: {err}"
+    return f"ok (built with arm-none-eabi-gcc, ran in QEMU {cpu}: {r})"
