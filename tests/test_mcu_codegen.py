@@ -73,3 +73,53 @@ def test_build_of_a_broken_tree_is_an_error(tmp_path) -> None:
     (exp.out_dir / "model.c").write_text("int model_run(void) { return }\n")
     res = build(exp.out_dir)
     assert not res.ok and "build failed" in (res.error or "")
+
+
+def _seq_model():
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU()),
+                      nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * 6 * 6, 10)).eval()
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 1.5)
+        m[6].weight[:, ::3] = 0  # pruned columns
+    return m, torch.randn(1, 3, 6, 6)
+
+
+def test_layers_from_sequential_match_torch(tmp_path) -> None:
+    import torch
+
+    from targets.mcu.codegen import layers_from_sequential
+
+    m, x = _seq_model()
+    layers = layers_from_sequential(m, formats={2: "csr"})
+    assert [(lay.op, lay.relu) for lay in layers] == [("conv2d", True), ("dwconv2d", True), ("linear", False)]
+    exp = export_c(layers, x[0].numpy(), tmp_path / "seq", dtype="fp32")
+    assert [lay["fmt"] for lay in exp.manifest["layers"]] == ["dense", "dense", "csr"]
+    ref = np.load(tmp_path / "seq" / "test" / "reference_output.npy")
+    with torch.no_grad():
+        assert np.allclose(ref, m(x).numpy()[0], atol=1e-5)  # BN folded, flatten order kept
+
+
+def test_unsupported_module_is_named() -> None:
+    import torch.nn as nn
+
+    from targets.mcu.codegen import layers_from_sequential
+
+    with pytest.raises(ValueError, match="MaxPool2d is not exportable"):
+        layers_from_sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2)))
+
+
+@needs_emulator
+@pytest.mark.slow
+def test_sequential_int8_export_runs(tmp_path) -> None:
+    from targets.mcu.codegen import layers_from_sequential
+
+    m, x = _seq_model()
+    exp = export_c(layers_from_sequential(m), x[0].numpy(), tmp_path / "q", dtype="int8")
+    res = build(exp.out_dir, "cortex-m4", run=True)
+    assert res.ok and res.max_abs_err == 0.0, res.error

@@ -8,7 +8,8 @@ train rows and reports, on held-out rows, the share of per-layer predictions wit
 predicted-vs-measured plot and ``README.md`` next to this file.
 
     python studies/mcu_fidelity/run.py                 # int8, both cores (~2-3 min on 2 cores)
-    python studies/mcu_fidelity/run.py --dtypes int8,fp32 --ship   # also write costmodels/data/
+    python studies/mcu_fidelity/run.py --layers 24,24,14,14 --dtypes int8,fp32 --ship \
+        --out /tmp/mcu_ship                            # the shipped costmodels/data/ files
 
 ``--ship`` writes ``costmodels/data/mcu_counts_cortex_m4.csv`` / ``_m7.csv`` (all rows, with
 provenance columns) and ``costmodels/data/mcu_model.json`` (fitted on all of them).
@@ -230,7 +231,7 @@ def write_readme(path: Path, args: argparse.Namespace, ok: pd.DataFrame, overall
         "# MCU cost-model fidelity", "",
         "Per-layer instruction counts of the `targets.mcu` kernels, measured in QEMU "
         f"(`-icount shift=7`, SysTick), predicted by `costmodels.mcu` fitted on the train split.", "",
-        f"Command: `python studies/mcu_fidelity/run.py {' '.join(sys.argv[1:])}` "
+        f"Command: `{' '.join(['python studies/mcu_fidelity/run.py', *sys.argv[1:]])}` "
         f"({elapsed_s:.0f} s on this machine). Versions: gcc {versions.get('gcc')}, {versions.get('qemu')}, "
         f"python {versions.get('python')}.", "",
         f"Layers: {ok['shape_id'].nunique()} random shapes (seed {args.seed}), {len(ok)} measurements "
@@ -252,6 +253,11 @@ def write_readme(path: Path, args: argparse.Namespace, ok: pd.DataFrame, overall
         "figures are in `results.csv`.", "",
         markdown(per, ".2f"), "",
         "![predicted vs measured](pred_vs_meas.png)", "",
+        "## Shipped coefficients", "",
+        "`costmodels/data/mcu_counts_cortex_m4.csv` / `_m7.csv` and `mcu_model.json` come from "
+        "`python studies/mcu_fidelity/run.py --layers 24,24,14,14 --dtypes int8,fp32 --ship --out /tmp/mcu_ship` "
+        "(76 shapes, 2512 measurements, int8 and fp32, fitted on all rows; its own held-out split: 100 % "
+        "within ±10 %, 99.1 % within ±5 %, τ = 0.998, 748 held-out measurements; 457 s).", "",
         "Files: `results.csv` (every measurement with provenance, split, prediction), "
         "`pred_vs_meas.png`, `model_train.json` (the model fitted on the train split).", "",
         "Counts are instructions, not cycles: QEMU has no timing model. Latency = instructions × CPI / "
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--heldout", type=float, default=0.3, help="share of shapes held out")
-    ap.add_argument("--layers", default="24,24,14,14", help="counts: linear,conv2d,conv1d,dwconv2d")
+    ap.add_argument("--layers", default="16,16,10,10", help="counts: linear,conv2d,conv1d,dwconv2d")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--ship", action="store_true", help="also write costmodels/data/mcu_* (all rows)")
     args = ap.parse_args(argv)

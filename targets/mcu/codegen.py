@@ -45,13 +45,15 @@ from ._layers import (OPS, LayerGeom, conv_initializer, geometry, mat_initialize
 from ._reference import (quantize_symmetric, reference_acc, reference_fp32, requant_from_real,
                          requantize)
 
-__all__ = ["ExportLayer", "ExportResult", "BuildResult", "export_c", "build"]
+__all__ = ["ExportLayer", "ExportResult", "BuildResult", "export_c", "build", "layers_from_sequential",
+           "AUTO_FORMATS"]
 
 log = logging.getLogger(__name__)
 
 KERNEL_FILES = {"int8": ("hw_kernels.h", "hw_kernels_tmpl.h", "hw_kernels_s8.c"),
                 "fp32": ("hw_kernels.h", "hw_kernels_tmpl.h", "hw_kernels_f32.c")}
 HARNESS_FILES = ("hw_startup.c", "hw_harness.h", "hw_link.ld")
+AUTO_FORMATS = ("dense", "csr", "bitmask", "nm", "block")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class ExportLayer:
     """One layer of a sequential model, in PyTorch layout (zeros in ``weight`` are pruned).
 
     ``op``: linear / conv1d / conv2d / dwconv2d; ``fmt``: dense / csr / bitmask / nm / block
-    (``n``, ``m``, ``block`` as in :func:`targets.mcu.measure_layer`); ``relu`` fuses a ReLU."""
+    (``n``, ``m``, ``block`` as in :func:`targets.mcu.measure_layer`) or ``auto`` (the format
+    with the fewest weight bytes among those the weights fit); ``relu`` fuses a ReLU."""
 
     op: str
     weight: np.ndarray
@@ -167,8 +170,8 @@ def export_c(layers: Sequence[ExportLayer], x: np.ndarray, out_dir: str | Path, 
     for i, L in enumerate(layers):
         if L.op not in OPS:
             raise ValueError(f"layer {i}: unknown op {L.op!r}; valid: {', '.join(OPS)}")
-        if L.fmt not in FORMATS:
-            raise ValueError(f"layer {i}: unknown fmt {L.fmt!r}; valid: {', '.join(FORMATS)}")
+        if L.fmt not in FORMATS and L.fmt != "auto":
+            raise ValueError(f"layer {i}: unknown fmt {L.fmt!r}; valid: {', '.join(FORMATS)}, auto")
         w = np.asarray(L.weight, dtype=np.float32)
         if L.op == "linear":
             if prev_op is not None and prev_op != "linear":
@@ -249,7 +252,8 @@ def export_c(layers: Sequence[ExportLayer], x: np.ndarray, out_dir: str | Path, 
     max_scratch = 8
     for i, (L, g, q) in enumerate(zip(layers, geoms, q_layers)):
         lname = L.name or f"L{i}"
-        packs = pack_layer(g, q["w"], L.fmt, n=L.n, m=L.m, block=L.block)
+        fmt = _auto_format(g, q["w"], L) if L.fmt == "auto" else L.fmt
+        packs = pack_layer(g, q["w"], fmt, n=L.n, m=L.m, block=L.block)
         mats = []
         wbytes = 0
         for gi, pk in enumerate(packs):
@@ -288,7 +292,7 @@ def export_c(layers: Sequence[ExportLayer], x: np.ndarray, out_dir: str | Path, 
                         f"&hw_{lname}_epi, {src}, {dst}, ({T} *)hw_scratch)")
         calls.append(f"    if ({call} != 0)\n        return -{i + 1};")
         max_scratch = max(max_scratch, scratch_bytes(g, dtype))
-        layer_info.append({"name": lname, "op": g.op, "fmt": L.fmt, "shape": g.shape_dict(),
+        layer_info.append({"name": lname, "op": g.op, "fmt": fmt, "shape": g.shape_dict(),
                            "relu": L.relu, "weight_bytes": int(wbytes), "macs": int(g.macs),
                            "nnz": int(np.count_nonzero(q["w"])), "weights": int(q["w"].size),
                            "in_elems": int(g.in_elems), "out_elems": int(g.out_elems)})
@@ -381,6 +385,92 @@ int main(void)
     files.append(out / "manifest.json")
     log.info("exported %d layers (%s, %d weight bytes) to %s", n_layers, dtype, manifest["weight_bytes"], out)
     return ExportResult(out, tuple(files), manifest)
+
+
+def _auto_format(g: LayerGeom, w: np.ndarray, L: ExportLayer) -> str:
+    """The format with the fewest weight bytes among those ``w`` fits (ties: the earlier one in
+    :data:`AUTO_FORMATS`, so dense wins over an equal-sized sparse format)."""
+    best, best_bytes = "dense", None
+    for fmt in AUTO_FORMATS:
+        try:
+            nbytes = sum(p.nbytes for p in pack_layer(g, w, fmt, n=L.n, m=L.m, block=L.block))
+        except ValueError:
+            continue
+        if best_bytes is None or nbytes < best_bytes:
+            best, best_bytes = fmt, nbytes
+    return best
+
+
+def layers_from_sequential(model, formats: str | dict | None = None) -> list[ExportLayer]:
+    """:class:`ExportLayer` list from a ``torch.nn.Sequential`` (nested ones are flattened) of
+    ``Conv1d``/``Conv2d``/``Linear`` with ``ReLU``, ``BatchNorm1d/2d`` (folded into the conv
+    before it), ``Flatten``, ``Dropout`` and ``Identity``. A ``Conv2d`` with
+    ``groups == in_channels == out_channels`` becomes ``dwconv2d``. ``formats``: one format for
+    every layer, or ``{layer index or module name: fmt}`` (others ``auto``); default ``auto``.
+    Zeros in the weights (pruned, e.g. by ``hwsearch.prune``) are what the formats store.
+    Raises ``ValueError`` naming an unsupported module."""
+    import torch.nn as nn
+
+    def flat(mod, prefix=""):
+        for name, child in mod.named_children():
+            full = f"{prefix}{name}"
+            if isinstance(child, nn.Sequential):
+                yield from flat(child, full + ".")
+            else:
+                yield full, child
+
+    layers: list[ExportLayer] = []
+    names: list[str] = []
+    for name, mod in flat(model):
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            w = mod.weight.detach().cpu().numpy().astype(np.float32)
+            b = None if mod.bias is None else mod.bias.detach().cpu().numpy().astype(np.float32)
+            if isinstance(mod, nn.Linear):
+                layers.append(ExportLayer("linear", w, b, name=f"L{len(layers)}"))
+            else:
+                if any(d != 1 for d in mod.dilation) or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                    raise ValueError(f"{name}: only dilation 1, zero padding given as numbers is exported")
+                is1d = isinstance(mod, nn.Conv1d)
+                dw = (not is1d and mod.groups == mod.in_channels == mod.out_channels and mod.groups > 1)
+                op = "conv1d" if is1d else ("dwconv2d" if dw else "conv2d")
+                stride = mod.stride[0] if is1d else tuple(mod.stride)
+                pad = mod.padding[0] if is1d else tuple(mod.padding)
+                layers.append(ExportLayer(op, w, b, stride=stride, padding=pad, groups=1 if dw else mod.groups,
+                                          name=f"L{len(layers)}"))
+            names.append(name)
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not layers or layers[-1].op == "linear" or layers[-1].relu:
+                raise ValueError(f"{name}: BatchNorm is folded into a conv directly before it")
+            prev = layers[-1]
+            scale = (mod.weight.detach() / (mod.running_var + mod.eps).sqrt()).cpu().numpy()
+            shift = (mod.bias.detach() - mod.running_mean * mod.weight.detach()
+                     / (mod.running_var + mod.eps).sqrt()).cpu().numpy()
+            w = prev.weight * scale.reshape(-1, *([1] * (prev.weight.ndim - 1)))
+            b = (prev.bias if prev.bias is not None else 0.0) * scale + shift
+            layers[-1] = ExportLayer(prev.op, w.astype(np.float32), np.asarray(b, np.float32), stride=prev.stride,
+                                     padding=prev.padding, groups=prev.groups, name=prev.name)
+        elif isinstance(mod, nn.ReLU):
+            if not layers:
+                raise ValueError(f"{name}: a ReLU before the first layer cannot be fused")
+            prev = layers[-1]
+            layers[-1] = ExportLayer(prev.op, prev.weight, prev.bias, stride=prev.stride, padding=prev.padding,
+                                     groups=prev.groups, relu=True, name=prev.name)
+        elif isinstance(mod, (nn.Flatten, nn.Dropout, nn.Identity)):
+            continue
+        else:
+            raise ValueError(f"{name}: {type(mod).__name__} is not exportable; supported: Conv1d, Conv2d, "
+                             "Linear, ReLU, BatchNorm1d/2d (after a conv), Flatten, Dropout, Identity")
+    out = []
+    for i, (L, name) in enumerate(zip(layers, names)):
+        if isinstance(formats, str):
+            fmt = formats
+        elif isinstance(formats, dict):
+            fmt = formats.get(i, formats.get(name, "auto"))
+        else:
+            fmt = "auto"
+        out.append(ExportLayer(L.op, L.weight, L.bias, fmt=fmt, stride=L.stride, padding=L.padding,
+                               groups=L.groups, relu=L.relu, name=L.name))
+    return out
 
 
 def _sizes(elf: Path) -> tuple[int, int, int]:

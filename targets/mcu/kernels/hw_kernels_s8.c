@@ -55,7 +55,8 @@ static inline uint32_t hw_sxtb16_ror8(uint32_t x)
         const uint32_t nb = hw_ptr_at_s8(W, br + 1) - hw_ptr_at_s8(W, br);       \
         int32_t a0 = bias[4u * br], a1 = bias[4u * br + 1u];                     \
         int32_t a2 = bias[4u * br + 2u], a3 = bias[4u * br + 3u];                \
-        for (uint32_t b = nb; b != 0; --b) {                                     \
+        const IT *const ci_end = ci + nb;                                        \
+        while (ci != ci_end) {                                                   \
             const uint32_t xv = hw_ld32(x + 4u * (uint32_t)(*ci++));             \
             const uint32_t xl = __sxtb16(xv), xh = hw_sxtb16_ror8(xv);           \
             uint32_t wv = hw_ld32(v);                                            \
@@ -81,10 +82,11 @@ static inline uint32_t hw_sxtb16_ror8(uint32_t x)
     }
 
 static inline uint32_t hw_ptr_at_s8(const hw_mat_t *W, uint32_t i);
-static void hw_mv_block44_idx8(const hw_mat_t *W, const int8_t *x, int8_t *y, const int32_t *bias,
-                               const hw_epi_t *e, uint32_t ch0);
-static void hw_mv_block44_idx16(const hw_mat_t *W, const int8_t *x, int8_t *y, const int32_t *bias,
-                                const hw_epi_t *e, uint32_t ch0);
+/* noinline: a register allocation of their own keeps the two index widths equally fast */
+__attribute__((noinline)) static void hw_mv_block44_idx8(const hw_mat_t *W, const int8_t *x, int8_t *y,
+                                                         const int32_t *bias, const hw_epi_t *e, uint32_t ch0);
+__attribute__((noinline)) static void hw_mv_block44_idx16(const hw_mat_t *W, const int8_t *x, int8_t *y,
+                                                          const int32_t *bias, const hw_epi_t *e, uint32_t ch0);
 static inline int hw_block_fast_s8(const hw_mat_t *W, const int8_t *x, int8_t *y, const int32_t *bias,
                                    const hw_epi_t *e, uint32_t ch0)
 {
