@@ -127,8 +127,11 @@ def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: f
 
     Rounded to the nearest ``multiple`` (so tuned kernel shapes repeat across plans), never
     below one multiple (or 1 when the layer is smaller than a multiple), never below
-    ``ceil(min_density * channels)`` and never above ``channels``.
+    ``ceil(min_density * channels)`` and never above ``channels``. A ratio of 0 keeps every
+    channel (no rounding: a layer the plan does not prune keeps its shape).
     """
+    if ratio <= 0.0:
+        return int(channels)
     want = channels * (1.0 - ratio)
     if channels <= multiple:
         kept = max(1, round(want))
