@@ -54,3 +54,6 @@ def _load_builtin() -> None:
 
     register("roofline", RooflineModel)
     import costmodels.gpu24  # noqa: F401  (registers "gpu24": 2:4 speed-ups on NVIDIA GPUs)
+    from costmodels.lut import LUTModel
+
+    register("lut", LUTModel)

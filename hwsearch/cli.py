@@ -55,6 +55,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--min-density", type=float, default=0.05, help="layer-collapse guard: minimum density per layer")
     p.add_argument("--channel-multiple", type=int, default=8, help="round kept channels to this multiple")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps per trial before evaluation")
+    p.add_argument("--costmodel", type=Path, default=None, help="start from this saved cost model "
+                   "(e.g. the lookup table written by `hwsearch profile`) instead of the analytical one")
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", default="main", help="this worker's name: several workers on one --storage each "
@@ -85,6 +87,58 @@ def _targets_parser(sub) -> None:
     p.add_argument("name", nargs="?", help="a target to show in full")
 
 
+def _profile_parser(sub) -> None:
+    p = sub.add_parser("profile", help="profile a target: per-layer latency over a grid of patterns and ratios",
+                       description="Measure every layer of a model alone on the target across channel and "
+                       "weight-level sparsity ratios (one build times every cell), write profile.csv, "
+                       "profile.png and a lookup-table cost model (costmodel-lut.json) for --costmodel.")
+    _add_common(p)
+    p.add_argument("--out", type=Path, default=Path("hwsearch-profile"))
+    p.add_argument("--ratios", default="0,0.25,0.5,0.75", help="comma-separated ratios removed")
+    p.add_argument("--patterns", default="dense,channel,unstructured")
+    p.add_argument("--channel-multiple", type=int, default=8)
+    p.add_argument("--mode", choices=["quick", "tuned"], default=None)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=10)
+
+
+def _cmd_profile(a: argparse.Namespace) -> int:
+    from costmodels.lut import LUTModel
+    from hwsearch import zoo
+    from hwsearch.errors import PlanError
+    from hwsearch.graph import analyze
+    from hwsearch.profile import plot_profile, profile
+    from targets.spec import get_target
+
+    try:
+        ratios = tuple(float(r) for r in a.ratios.split(","))
+    except ValueError:
+        raise PlanError(f"--ratios {a.ratios!r} must be comma-separated numbers in [0, 1)") from None
+    if any(not 0.0 <= r < 1.0 for r in ratios):
+        raise PlanError(f"--ratios {a.ratios!r} out of range: each ratio removed must be in [0, 1)")
+    target = get_target(a.target)
+    model, example = zoo.load_model(a.model or zoo.REFERENCE[0])
+    if example is None:
+        example = zoo.load_data(a.data or zoo.REFERENCE[1]).example_input
+    graph = analyze(model, example)
+    con = _console()
+    a.out.mkdir(parents=True, exist_ok=True)
+    con.print(f"profiling {len(graph.table)} layers of {a.model or zoo.REFERENCE[0]} on {target.identity} ...")
+    df = profile(graph, target, work_dir=a.out / "tvm", ratios=ratios,
+                 patterns=tuple(p.strip() for p in a.patterns.split(",")), channel_multiple=a.channel_multiple,
+                 mode=a.mode, samples=a.samples, repeats=a.repeats)
+    df.to_csv(a.out / "profile.csv", index=False)
+    (a.out / "profile.json").write_text(json.dumps(df.attrs, indent=2, default=str))
+    plot_profile(df, a.out / "profile.png", f"{target.identity}: per-layer latency")
+    lut = LUTModel.from_profile(target, df)
+    lut.save(a.out / "costmodel-lut.json")
+    con.print(f"  {len(df)} cells, dense model {df.attrs['dense_latency_s'] * 1e6:.1f} µs measured, "
+              f"overhead {df.attrs['overhead_s'] * 1e6:.1f} µs")
+    for f in ("profile.csv", "profile.json", "profile.png", "costmodel-lut.json"):
+        con.print(f"  wrote {a.out / f}")
+    return 0
+
+
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="plots and tables of a search (front, per-layer sparsity, fidelity)",
                        description="Write PNG plots and CSV tables for a search output directory.")
@@ -111,7 +165,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
         patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
-        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed, worker=a.worker,
+        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed, worker=a.worker, costmodel_path=a.costmodel,
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)
@@ -222,10 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _targets_parser(sub)
     _report_parser(sub)
+    _profile_parser(sub)
     return p
 
 
-_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report"}
+_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report", "profile": "_cmd_profile"}
 
 
 def main(argv: list[str] | None = None) -> int:

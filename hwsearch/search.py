@@ -69,6 +69,7 @@ class SearchConfig:
     channel_multiple: int = 8
     finetune_steps: int = 0
     sampler: str = "nsga2"
+    costmodel_path: Path | None = None    # start each fit from this saved model (e.g. a profile's LUT)
     seed: int = 0
     worker: str = "main"                  # trials are counted per worker: N workers add N x trials
     latency_budget_s: float | None = None
@@ -186,7 +187,8 @@ def fit_cost_model(target: TargetSpec, graph: ModelGraph, recs: list[dict],
     """A fresh analytical model refit on every successful record in ``recs`` (no report when
     there is none). Deterministic: the same records give the same model, so a resumed search
     prices plans exactly as the interrupted one did."""
-    cm = costmodels.default_for(target)
+    cm = (costmodels.CostModel.load(cfg.costmodel_path, target) if cfg.costmodel_path
+          else costmodels.default_for(target))
     samples = _samples(graph, recs, cfg)
     if not samples:
         return cm, None
