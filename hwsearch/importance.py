@@ -394,9 +394,13 @@ class SynFlow(Criterion):
     """Iterative Synaptic Flow pruning (Tanaka et al., 2020): data-free.
 
     On a float64 copy in eval mode whose parameters and floating buffers are replaced by their
-    absolute values (the "linearised" network), with an all-ones input of the example's shape
-    (batch 1), ``R = sum(f(1))`` equals ``1ᵀ(∏|W|)1`` for a ReLU network; the score of a weight
-    is ``|w · ∂R/∂w|``. Pruning runs ``iterations`` rounds; after round ``k`` (1-based) the
+    absolute values (the "linearised" network) and whose biases, BatchNorm shifts and running
+    means are zeroed, with an all-ones input of the example's shape (batch 1),
+    ``R = sum(f(1))`` equals ``1ᵀ(∏|W|)1`` for a ReLU network (BatchNorm contributes its
+    positive per-channel scale); the score of a weight is ``|w · ∂R/∂w|``. Zeroing the
+    additive terms matters: the reference models initialise biases to 0, while PyTorch's
+    defaults are not, and positive biases feed flow past the early layers, which iterative
+    pruning then empties. Pruning runs ``iterations`` rounds; after round ``k`` (1-based) the
     globally top-scored ``d^(k/iterations)`` of the requested layers' weights are kept
     (``d = 1 - sparsity``, exponential schedule) and the others are zeroed before the next
     round. Without ``sparsity`` (or with 0) one round of scores on the unpruned network is
@@ -430,6 +434,15 @@ class SynFlow(Criterion):
         with torch.no_grad():
             for t in list(work.parameters()) + [b for b in work.buffers() if b.is_floating_point()]:
                 t.abs_()
+            # R sums products of |weights| over input→output paths: additive terms (biases,
+            # BatchNorm shifts and running means) would inject flow that bypasses the layers
+            # before them and, once those are thinned, starve them (layer collapse).
+            for mod in work.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+                    mod.running_mean.zero_()
+                for pname, p in mod.named_parameters(recurse=False):
+                    if pname == "bias" or (isinstance(mod, nn.modules.batchnorm._BatchNorm) and pname != "weight"):
+                        p.zero_()
         for p in work.parameters():
             p.requires_grad_(False)
         weights = {n: m.weight for n, m in _modules(work, layers).items()}

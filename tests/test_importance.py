@@ -216,6 +216,29 @@ def test_synflow_single_round_matches_closed_form_on_linear_chain() -> None:
     assert torch.allclose(s["fc2"].double(), expect2, rtol=1e-5)
 
 
+def test_synflow_ignores_biases_and_batchnorm_shifts() -> None:
+    """R sums |weight| products over paths: biases and BN shifts must not add flow (with them,
+    iterative SynFlow empties early layers of default-initialised networks)."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.bias.normal_()
+    plain = SmallCNN()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for m in (plain.c1, plain.c2, plain.fc):
+            m.bias.zero_()
+        plain.bn.running_mean.zero_()
+        plain.bn.bias.zero_()
+    crit = importance.get("synflow", iterations=3)
+    ex = (torch.zeros(1, 1, 8, 8),)
+    a = crit.scores(model, ["c1", "c2", "fc"], None, example_inputs=ex, sparsity=0.9)
+    b = crit.scores(plain, ["c1", "c2", "fc"], None, example_inputs=ex, sparsity=0.9)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+
+
 # ------------------------------------------------------------------------------ IMP
 
 def test_imp_rewinds_kept_weights_to_the_rewind_point() -> None:
