@@ -63,7 +63,14 @@ def connected_weights(model: nn.Module, masks: dict[str, torch.Tensor],
                       example_inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """Boolean map per masked layer: kept weights on at least one input→output path (see the
     module docstring for how). ``masks`` maps layer names to boolean keep-masks of their
-    weights; unmasked layers count as dense. The model is not modified."""
+    weights; unmasked layers count as dense. The model is not modified. Raises
+    :class:`PlanError` if the flow overflows float64."""
+    return _flow(model, masks, example_inputs)[0]
+
+
+def _flow(model: nn.Module, masks: dict[str, torch.Tensor],
+          example_inputs: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+    """(connected weights per masked layer, whether each masked layer's output carries flow)."""
     work = copy.deepcopy(model).double().eval()
     _swap_pools(work)
     mods = dict(work.named_modules())
@@ -90,16 +97,24 @@ def connected_weights(model: nn.Module, masks: dict[str, torch.Tensor],
     weights = {n: mods[n].weight for n in masks}
     for w in weights.values():
         w.requires_grad_(True)
-    x = tuple(torch.ones((1, *t.shape[1:]), dtype=torch.float64) for t in example_inputs)
-    out = work(*x)
-    r = out.sum()
+    alive: dict[str, bool] = {}
+    hooks = [mods[n].register_forward_hook(
+        lambda _m, _i, out, n=n: alive.__setitem__(n, alive.get(n, False) or bool((out > 0).any())))
+        for n in masks]
+    try:
+        x = tuple(torch.ones((1, *t.shape[1:]), dtype=torch.float64) for t in example_inputs)
+        r = work(*x).sum()
+    finally:
+        for h in hooks:
+            h.remove()
     if not bool(torch.isfinite(r)):
-        raise PlanError("connectivity flow overflowed; the model is too deep for this check")
+        raise PlanError("connectivity flow overflowed float64; the model is too deep for this check")
     if r.item() == 0.0:
-        return {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
+        return {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}, alive
     grads = torch.autograd.grad(r, list(weights.values()), allow_unused=True)
-    return {n: masks[n].bool() & (g > 0) if g is not None else torch.zeros_like(masks[n], dtype=torch.bool)
+    conn = {n: masks[n].bool() & (g > 0) if g is not None else torch.zeros_like(masks[n], dtype=torch.bool)
             for n, g in zip(weights, grads)}
+    return conn, alive
 
 
 def _setup(graph_or_model: ModelGraph | nn.Module, data: importance.DataBatches | None,
@@ -133,9 +148,10 @@ def report(graph_or_model: ModelGraph | nn.Module, criterion: str | importance.C
 
     One row per (sparsity, layer) with columns ``criterion``, ``sparsity``, ``layer``,
     ``weights``, ``kept``, ``density`` (kept / weights), ``connected_density`` (kept weights on
-    an input→output path / weights), ``emptied`` (nothing kept), ``disconnected`` (something
-    kept, nothing connected), ``collapsed`` (either) and ``any_collapsed`` (some layer
-    collapsed at this sparsity). ``layers`` default to every conv/linear layer (the classifier
+    an input→output path / weights), ``flow_out`` (the input's flow reaches this layer's
+    output: the first layer in execution order where it is False is where the network
+    breaks), ``emptied`` (nothing kept), ``disconnected`` (something kept, nothing connected),
+    ``collapsed`` (either) and ``any_collapsed`` (some layer collapsed at this sparsity). ``layers`` default to every conv/linear layer (the classifier
     included). Scores are computed once, except for iterative criteria (run once per
     sparsity). Raises :class:`PlanError` for a sparsity outside [0, 1), a criterion that needs
     data given none, or no way to know the input shape.
@@ -153,7 +169,7 @@ def report(graph_or_model: ModelGraph | nn.Module, criterion: str | importance.C
     for s in sparsities:
         scores = fixed if fixed is not None else crit.scores(model, names, data, example_inputs=example, sparsity=s)
         keep = importance.global_keep(scores, 1.0 - s)
-        conn = connected_weights(model, keep, example)
+        conn, alive = _flow(model, keep, example)
         layer_rows = []
         for n in names:
             total = keep[n].numel()
@@ -161,6 +177,7 @@ def report(graph_or_model: ModelGraph | nn.Module, criterion: str | importance.C
             connected = int(conn[n].sum())
             layer_rows.append({"criterion": crit.name, "sparsity": s, "layer": n, "weights": total, "kept": kept,
                                "density": kept / total, "connected_density": connected / total,
+                               "flow_out": alive.get(n, False),
                                "emptied": kept == 0, "disconnected": kept > 0 and connected == 0,
                                "collapsed": connected == 0})
         any_c = any(r["collapsed"] for r in layer_rows)
@@ -168,8 +185,9 @@ def report(graph_or_model: ModelGraph | nn.Module, criterion: str | importance.C
             r["any_collapsed"] = any_c
         rows.extend(layer_rows)
         if any_c:
-            log.info("%s at sparsity %.5f: collapsed %s", crit.name, s,
-                     [r["layer"] for r in layer_rows if r["collapsed"]])
+            log.info("%s at sparsity %.5f collapses: emptied %s, disconnected %s", crit.name, s,
+                     [r["layer"] for r in layer_rows if r["emptied"]],
+                     [r["layer"] for r in layer_rows if r["disconnected"]])
     return pd.DataFrame(rows)
 
 

@@ -90,6 +90,8 @@ def test_disconnected_layer_is_reported_even_when_not_empty() -> None:
     assert by.at["0", "kept"] == 1 and by.at["2", "kept"] == 1
     assert bool(by.at["0", "disconnected"]) and not bool(by.at["0", "emptied"])
     assert r.any_collapsed.all()
+    # the flow passes layer '0' (unit 0 is fed) and dies at layer '2' (it reads only unit 1)
+    assert bool(by.at["0", "flow_out"]) and not bool(by.at["2", "flow_out"])
 
 
 def test_max_sparsity_before_collapse_brackets_the_collapse() -> None:
