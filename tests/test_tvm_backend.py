@@ -154,6 +154,20 @@ def test_export_failure_is_an_error_record(work_dir: Path) -> None:
     assert "torch.cond" in result.error  # the remedy
 
 
+class Unsupported(torch.nn.Module):
+    """Exports fine, but TVM's torch frontend has no converter for bessel_j0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.bessel_j0(x)
+
+
+def test_relax_import_failure_is_an_error_record(work_dir: Path) -> None:
+    result = measure(Unsupported(), _inputs(), work_dir=work_dir, fresh_process=False)
+    assert result.latency_s is None
+    assert result.error is not None and "\n" not in result.error
+    assert result.error.startswith("TVM Relax import failed") and "bessel_j0" in result.error
+
+
 def test_invalid_target_is_an_error_record(work_dir: Path) -> None:
     result = measure(TinyNet(), _inputs(), work_dir=work_dir,
                      tvm_target={"kind": "no-such-kind"})

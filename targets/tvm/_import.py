@@ -104,9 +104,8 @@ def import_exported(exported_program: Any) -> ImportedModel:
         unbound, params = relax.frontend.detach_params(unbound)
     except Exception as exc:  # noqa: BLE001 - any import failure becomes a record
         raise ImportFailure(
-            f"TVM Relax import failed: {one_line(exc)} — replace the unsupported operator "
-            "with a supported one or register a converter via from_exported_program("
-            "custom_convert_map=...)"
+            f"TVM Relax import failed: {one_line(exc)} — TVM's torch frontend has no "
+            "converter for it; express that part of the model with supported operators"
         ) from exc
     main = unbound["main"]
     num_inputs = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs \
