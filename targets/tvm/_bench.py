@@ -1,10 +1,10 @@
 """Figures for ``targets/tvm/README.md``: one small conv net, timed four ways on this host.
 
 ``python -m targets.tvm._bench --work-dir /tmp/hwsearch-tvm-bench --trials 64 --samples 8
---out bench.json`` measures torch eager (default threads and one thread), TVM untuned (default schedules; a baseline only —
-``measure`` never reports it), ``measure(mode="quick")`` and ``measure(mode="tuned")``, each
-TVM mode with a fresh tuning database of its own, and writes the figures as JSON with the
-load average before and after (the machine is shared).
+--out bench.json`` measures torch eager (default threads and one thread), TVM untuned
+(default schedules; a baseline only — ``measure`` never reports it), ``measure(mode="quick")``
+and ``measure(mode="tuned")``, each TVM mode with a fresh tuning database of its own, and
+writes the figures as JSON with the load average before and after (the machine is shared).
 """
 from __future__ import annotations
 

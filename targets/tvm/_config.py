@@ -117,7 +117,7 @@ class RPCConfig:
 
     @property
     def address(self) -> str:
-        """``"tracker host:port key=K"`` or ``"server host:port"`` — the device string of records."""
+        """``"rpc tracker host:port key=K"`` or ``"rpc server host:port"``: records' device."""
         kind = "tracker" if self.tracker else "server"
         key = f" key={self.key}" if self.key else ""
         return f"rpc {kind} {self.host}:{self.port}{key}"

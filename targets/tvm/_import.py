@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import torch
     import tvm
 
-__all__ = ["ImportedModel", "export_model", "flatten_outputs", "import_exported", "run_reference"]
+__all__ = ["ImportedModel", "as_input_tuple", "export_model", "flatten_outputs",
+           "import_exported", "run_reference"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,13 @@ class ImportedModel:
     weight_names: dict[str, str]
     weight_shapes: dict[str, tuple[int, ...]]
     num_inputs: int
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as a tuple; a lone tensor becomes a 1-tuple (not its rows)."""
+    if hasattr(example_inputs, "shape") and hasattr(example_inputs, "dtype"):
+        return (example_inputs,)
+    return tuple(example_inputs)
 
 
 def export_model(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
@@ -65,7 +73,8 @@ def export_model(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor])
         ) from exc
 
 
-def run_reference(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def run_reference(model: torch.nn.Module,
+                  example_inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Torch eager outputs of ``model.eval()`` on ``example_inputs``, flattened to arrays."""
     import torch
 

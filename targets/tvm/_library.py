@@ -38,11 +38,11 @@ def build_library(
     from ._compile import compile_model, make_target
     from ._database import database_dir, open_database
     from ._env import default_target
-    from ._import import export_model, import_exported
+    from ._import import as_input_tuple, export_model, import_exported
     from ._rpc import exporter
 
     target = make_target(default_target() if tvm_target is None else tvm_target)
-    imported = import_exported(export_model(model, tuple(example_inputs)))
+    imported = import_exported(export_model(model, as_input_tuple(example_inputs)))
     work_dir = Path(work_dir)
     database = None
     if (database_dir(work_dir) / "database_workload.json").exists():

@@ -319,7 +319,7 @@ def measure(
     if not isinstance(evaluator, EvaluatorConfig):
         raise ValueError(f"evaluator={evaluator!r} must be an EvaluatorConfig")
     from ._env import default_target
-    from ._import import export_model, run_reference
+    from ._import import as_input_tuple, export_model, run_reference
 
     target = dict(tvm_target) if isinstance(tvm_target, dict) else (
         default_target() if tvm_target is None else tvm_target)
@@ -341,7 +341,7 @@ def measure(
             check_reachable(rpc)
     except TVMBackendError as exc:
         return _error_record(str(exc), target=target, **common)
-    example_inputs = tuple(example_inputs)
+    example_inputs = as_input_tuple(example_inputs)
     try:
         exported = export_model(model, example_inputs)
         reference = run_reference(model, example_inputs)
