@@ -45,6 +45,7 @@ class Sample:
     resolved: pd.DataFrame
     latency_s: float
     layer_s: dict[str, float] | None = None
+    extra: dict | None = None  # backend-specific evidence, e.g. {"mcu_rows": [...]} per-layer counts
 
 
 class RooflineModel(CostModel):

@@ -121,19 +121,29 @@ class CostModel(ABC):
     def relative_std(self) -> float:
         return float(self.provenance.get("relative_std", 0.3))
 
-    def predict(self, graph: Any, plan: Any, *, dtype: str = "fp32", channel_multiple: int = 8,
+    def scratch_bytes(self, resolved: pd.DataFrame) -> int:
+        """Kernel scratch memory added to the peak activations (0 unless a target knows it)."""
+        return 0
+
+    def predict(self, graph: Any, plan: Any, *, dtype: str | None = None, channel_multiple: int = 8,
                 min_density: float = 0.0, allow_gaps: bool = False, resolved: pd.DataFrame | None = None) -> Cost:
-        """Price ``plan`` on ``graph`` (a :class:`hwsearch.graph.ModelGraph`)."""
+        """Price ``plan`` on ``graph`` (a :class:`hwsearch.graph.ModelGraph`); ``dtype`` defaults
+        to the model's deployment dtype (``self.dtype``)."""
         from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
+
         from hwsearch.plan import resolve
+
+        dtype = dtype or getattr(self, "dtype", "fp32")
 
         res = resolved if resolved is not None else resolve(graph.table, graph.groups, plan,
                                                              channel_multiple=channel_multiple,
                                                              min_density=min_density)
         lat, gaps = self.layer_latency(res)
+        gaps = list(gaps) + [f"<{u}>" for u in getattr(graph, "uncovered", ())]
         if gaps and not allow_gaps:
             raise CoverageError(f"cost model {self.kind} has no latency figure for layers {gaps} "
-                                f"(kinds {sorted(set(res.loc[gaps, 'kind']))}); refit it with measurements "
+                                f"(kinds {sorted(set(res.loc[[g for g in gaps if g in res.index], 'kind']))}, "
+                                "<ops> have no layer row); refit it with measurements "
                                 "of those layers or use allow_gaps=True to report them")
         storage = layer_storage(res, dtype)
         layers = pd.DataFrame({"latency_s": lat, "flash_bytes": storage["flash_bytes"], "fmt": storage["fmt"]},
@@ -141,7 +151,8 @@ class CostModel(ABC):
         total = float(np.nansum(lat)) + self.model_overhead_s()
         group_frac = {int(g): float(f) for g, f in zip(res["out_group"], res["out_frac"]) if int(g) >= 0}
         example_bytes = int(res["dtype_bytes"].iloc[0])
-        sram = peak_sram_bytes(graph.activations, group_frac, dtype_scale=DTYPE_BYTES[dtype] / example_bytes)
+        sram = peak_sram_bytes(graph.activations, group_frac, dtype_scale=DTYPE_BYTES[dtype] / example_bytes,
+                               scratch_bytes=self.scratch_bytes(res))
         return Cost(latency_s=total, latency_std_s=total * self.relative_std(),
                     flash_bytes=int(storage["flash_bytes"].sum()), sram_bytes=sram, layers=layers,
                     coverage_gaps=tuple(gaps), model=self.identity)

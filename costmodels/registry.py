@@ -55,5 +55,7 @@ def _load_builtin() -> None:
     register("roofline", RooflineModel)
     import costmodels.gpu24  # noqa: F401  (registers "gpu24": 2:4 speed-ups on NVIDIA GPUs)
     from costmodels.lut import LUTModel
+    from costmodels.mcu_cost import McuPlanModel
 
     register("lut", LUTModel)
+    register("mcu", McuPlanModel, default_for_kinds=("mcu",))

@@ -57,10 +57,13 @@ def map_layer_timings(graph: ModelGraph, folded: nn.Module, layers: list[dict]) 
 
 def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir: Path, mode: str | None = None,
                   tuning_trials: int = 64, samples: int = 8, repeats: int = 10,
-                  min_repeat_ms: int = 20) -> dict[str, Any]:
+                  min_repeat_ms: int = 20, resolved: Any = None) -> dict[str, Any]:
     """Measure ``folded`` (a physically pruned model) on ``target``. Returns the backend's fields
-    (``latency_s``, spread, ``layers``…, ``error``) plus ``layer_s`` mapped to layer names."""
+    (``latency_s``, spread, ``layers``…, ``error``) plus ``layer_s`` mapped to layer names.
+    The MCU backend also needs the plan's ``resolved`` table (each layer's storage format)."""
     backend = target.measure.get("backend", "none")
+    if backend == "mcu-qemu":
+        return _measure_mcu(target, graph, folded, resolved, work_dir=Path(work_dir))
     mode = mode or target.measure.get("mode", "quick")
     if backend in ("tvm-local", "tvm-rpc"):
         try:
@@ -81,7 +84,69 @@ def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir
                                         "hwsearch cannot run on this machine")
 
 
-def _error_record(backend: str, mode: str, error: str) -> dict[str, Any]:
+def _measure_mcu(target: Any, graph: ModelGraph, folded: nn.Module, resolved: Any, *, work_dir: Path) -> dict[str, Any]:
+    """Each layer of the folded model alone, int8, in QEMU: exact executed-instruction counts.
+    ``latency_s`` = Σ instructions × the spec's assumed CPI / clock (kernels only, no glue)."""
+    import time
+
+    from costmodels.memory import layer_storage
+    from costmodels.mcu_cost import mcu_fmt, mcu_op
+
+    mode = "icount"
+    try:
+        import targets.mcu as mcu
+    except Exception as exc:
+        return _error_record("mcu-qemu", mode, f"cannot import the MCU backend: {exc}")
+    missing = mcu.available()
+    if missing:
+        return _error_record("mcu-qemu", mode, missing)
+    if resolved is None:
+        return _error_record("mcu-qemu", mode, "internal: the MCU backend needs the resolved plan")
+    cpu = str(target.measure.get("qemu_cpu", "cortex-m4"))
+    cpi, clock = target.figure("compute", "cpi"), target.figure("compute", "clock_hz")
+    storage = layer_storage(resolved, "int8")
+    mods = dict(folded.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    rows, layer_insn, errors = [], {}, []
+    t0 = time.perf_counter()
+    for layer, r in resolved.iterrows():
+        mod = mods[layer]
+        op = mcu_op(r)
+        w = mod.weight.detach().numpy()
+        in_shape = list(r["in_shape"][1:])
+        if op == "linear":
+            in_shape = [int(mod.in_features)]
+        else:
+            in_shape[0] = int(mod.in_channels)
+        x = torch.randn(in_shape, generator=gen).numpy()
+        fmt = mcu_fmt(str(r["pattern"]), str(storage.at[layer, "fmt"]))
+        kw = {}
+        if op != "linear":
+            kw = {"stride": tuple(mod.stride), "padding": tuple(mod.padding), "groups": int(mod.groups)}
+            if op == "conv1d":
+                kw = {"stride": int(mod.stride[0]), "padding": int(mod.padding[0]), "groups": int(mod.groups)}
+        m = mcu.measure_layer(op, w, x, fmt=fmt, dtype="int8", cpu=cpu, n=int(r["n"]), m=int(r["m"]),
+                              block=tuple(r["block"]), bias=mod.bias.detach().numpy() if mod.bias is not None else None,
+                              work_dir=work_dir / "mcu", **kw)
+        rows.append(m.to_row())
+        if m.error or m.instructions is None:
+            errors.append(f"{layer} ({op}, {fmt}): {m.error}")
+        else:
+            layer_insn[layer] = int(m.instructions)
+    total = sum(layer_insn.values())
+    rec = _error_record("mcu-qemu", mode, "; ".join(errors)[:2000] if errors else None)
+    rec.update({"device": f"qemu-system-arm {target.measure.get('board')} ({cpu})", "repeats": 1,
+                "instructions": total if not errors else None, "layer_instructions": layer_insn,
+                "latency_s": total * cpi / clock if not errors else None,
+                "latency_note": f"instructions x assumed CPI {cpi:g} / clock {clock:g} Hz (QEMU has no timing model)",
+                "layer_s": {k: v * cpi / clock for k, v in layer_insn.items()}, "mcu_rows": rows,
+                "run_s": time.perf_counter() - t0})
+    rec["versions"] = {**versions(), **{k.split(".", 1)[1]: v for k, v in rows[0].items() if k.startswith("version.")}} \
+        if rows else versions()
+    return rec
+
+
+def _error_record(backend: str, mode: str, error: str | None) -> dict[str, Any]:
     return {"latency_s": None, "latency_iqr_s": None, "repeats": 0, "mode": mode, "backend": backend,
             "device": platform.node(), "versions": versions(), "layers": [], "layer_s": {},
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "error": error}

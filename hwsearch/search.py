@@ -178,7 +178,8 @@ def _samples(graph: ModelGraph, recs: list[dict], cfg: SearchConfig) -> list[Sam
                           min_density=cfg.min_density)
         except PlanError:
             continue  # a record of another model or space: not this model's evidence
-        out.append(Sample(res, float(r["latency_s"]), r.get("layer_s") or None))
+        out.append(Sample(res, float(r["latency_s"]), r.get("layer_s") or None,
+                          {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None))
     return out
 
 
@@ -287,7 +288,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
             m = measure_model(target, graph, folded, work_dir=work_dir, mode=cfg.mode,
                               tuning_trials=cfg.tuning_trials, samples=cfg.samples, repeats=cfg.repeats,
-                              min_repeat_ms=cfg.min_repeat_ms)
+                              min_repeat_ms=cfg.min_repeat_ms, resolved=dec.resolved)
             rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
                               costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
             rec = store.append(rec)
