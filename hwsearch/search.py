@@ -206,7 +206,10 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     target = get_target(cfg.target)
     graph, data = _load_model_and_data(cfg)
     space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
-                              min_density=cfg.min_density)
+                              min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0])
+    for layer, why in (space.dropped or {}).items():
+        for pat, reason in why.items():
+            log.info("pattern %s not offered on %s: %s", pat, layer, reason)
     storage = open_storage(cfg.storage_url())
     rec_path = out / "measurements.jsonl"
     cm_path = out / "costmodel.json"

@@ -27,12 +27,20 @@ class SearchSpace:
     max_ratio: float = 0.9
     min_density: float = 0.05
     step: float = 0.05
+    nm: tuple[int, int] = (2, 4)
+    block: tuple[int, int] = (1, 4)
+    dropped: dict[str, dict[str, str]] | None = None  # layer -> pattern -> why it is not offered
 
     @classmethod
     def build(cls, graph: ModelGraph, target, *, patterns_wanted: tuple[str, ...] = ("dense", "unstructured", "channel"),
-              max_ratio: float = 0.9, min_density: float = 0.05, nm: tuple[int, int] = (2, 4),
-              block: tuple[int, int] = (1, 4)) -> SearchSpace:
-        """Patterns per layer: those wanted, runnable on ``target`` and valid for the layer's shape."""
+              max_ratio: float = 0.9, min_density: float = 0.05, nm: tuple[int, int] | None = None,
+              block: tuple[int, int] | None = None, cost_model=None) -> SearchSpace:
+        """Patterns per layer: those wanted, runnable on ``target``, valid for the layer's shape
+        and — when ``cost_model`` is given — priced by it (a pattern the model cannot price for
+        a layer is not offered, and :attr:`dropped` says why). N:M and block sizes default to the
+        target spec's ``[patterns.nm] n, m`` and ``[patterns.block] block``."""
+        nm = nm or (int(target.patterns.get("nm", {}).get("n", 2)), int(target.patterns.get("nm", {}).get("m", 4)))
+        block = block or tuple(target.patterns.get("block", {}).get("block", (1, 4)))
         bad = set(patterns_wanted) - set(PATTERN_NAMES)
         if bad:
             raise PlanError(f"unknown patterns {sorted(bad)}; valid: {', '.join(PATTERN_NAMES)}")
@@ -41,6 +49,7 @@ class SearchSpace:
         if not (0.0 <= min_density < 1.0):
             raise PlanError(f"min_density {min_density} out of range: give 0 <= min_density < 1")
         allowed: dict[str, tuple[str, ...]] = {}
+        dropped: dict[str, dict[str, str]] = {}
         t = graph.table
         for layer in t.index:
             opts = ["dense"]
@@ -58,15 +67,21 @@ class SearchSpace:
                     # channel pruning of the producer shrinks cols to multiples of 8: recheck at the floor
                     if int(t.at[layer, "in_group"]) >= 0 and t.at[layer, "kind"] != "depthwise":
                         patterns.get(p).check(layer, rows, 8 * int(t.at[layer, "kernel_elems"]), choice)
-                except PlanError:
+                except PlanError as exc:
+                    dropped.setdefault(layer, {})[p] = str(exc)
+                    continue
+                if cost_model is not None and \
+                        layer in cost_model.predict(graph, Plan({layer: choice}), allow_gaps=True).coverage_gaps:
+                    dropped.setdefault(layer, {})[p] = f"the {cost_model.kind} cost model does not cover it"
                     continue
                 opts.append(p)
             allowed[layer] = tuple(opts)
-        return cls(graph, allowed, max_ratio, min_density)
+        return cls(graph, allowed, max_ratio, min_density, nm=nm, block=block, dropped=dropped)
 
-    def suggest(self, trial: optuna.Trial, nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> Plan:
+    def suggest(self, trial: optuna.Trial) -> Plan:
         """Sample a plan: one pattern and one ratio parameter per layer (a static space, which
         NSGA-II and TPE both handle)."""
+        nm, block = self.nm, self.block
         choices = {}
         for layer, opts in self.allowed.items():
             pat = trial.suggest_categorical(f"{layer}:pattern", list(opts)) if len(opts) > 1 else "dense"
