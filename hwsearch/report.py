@@ -48,7 +48,7 @@ def pareto_plot(study: optuna.Study, front: pd.DataFrame, path: Path, title: str
 
 
 def write_search_outputs(out: Path, study: optuna.Study, front: pd.DataFrame, recs: list[dict[str, Any]],
-                         cfg: Any, target: Any) -> dict[str, Path]:
+                         cfg: Any, target: Any, not_offered: dict[str, dict[str, str]] | None = None) -> dict[str, Path]:
     """``pareto.csv``, ``pareto.png`` and ``summary.json`` in ``out``."""
     files = {}
     csv = front.drop(columns=["plan"]).copy()
@@ -64,6 +64,7 @@ def write_search_outputs(out: Path, study: optuna.Study, front: pd.DataFrame, re
         "storage": cfg.storage_url(), "rounds": cfg.rounds, "trials_per_round": cfg.trials,
         "measured_plans": len(ok), "failed_measurements": len(recs) - len(ok),
         "dense_latency_s": front.attrs.get("dense_latency_s"),
+        "patterns_not_offered": not_offered or {},
         "front": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                   for row in front.drop(columns=["plan"]).to_dict("records")],
     }

@@ -317,7 +317,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
 
     result.front = _front_with_measurements(front, recs, target)
     from hwsearch import report as report_mod
-    result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target)
+    result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target,
+                                                   not_offered=space.dropped or {})
     result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
     return result
 

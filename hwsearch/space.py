@@ -70,10 +70,19 @@ class SearchSpace:
                 except PlanError as exc:
                     dropped.setdefault(layer, {})[p] = str(exc)
                     continue
-                if cost_model is not None and \
-                        layer in cost_model.predict(graph, Plan({layer: choice}), allow_gaps=True).coverage_gaps:
-                    dropped.setdefault(layer, {})[p] = f"the {cost_model.kind} cost model does not cover it"
-                    continue
+                if cost_model is not None:
+                    cost = cost_model.predict(graph, Plan({layer: choice}), allow_gaps=True)
+                    if layer in cost.coverage_gaps:
+                        dropped.setdefault(layer, {})[p] = f"the {cost_model.kind} cost model does not cover it"
+                        continue
+                    if target.accelerates(p) and target.kind == "gpu":
+                        # sold as a speed-up: offer it only where the model predicts one
+                        dense_s = float(cost_model.predict(graph, Plan(), allow_gaps=True).layers.at[layer, "latency_s"])
+                        sparse_s = float(cost.layers.at[layer, "latency_s"])
+                        if not sparse_s < dense_s:
+                            dropped.setdefault(layer, {})[p] = (f"predicted no gain: {sparse_s * 1e6:.2f} µs vs "
+                                                                f"{dense_s * 1e6:.2f} µs dense")
+                            continue
                 opts.append(p)
             allowed[layer] = tuple(opts)
         return cls(graph, allowed, max_ratio, min_density, nm=nm, block=block, dropped=dropped)
