@@ -142,6 +142,40 @@ def test_in_process_measure_agrees(work_dir: Path, first: tuple[MeasureResult, f
     assert 0.2 < local.latency_s / result.latency_s < 5
 
 
+class SharedKernelNet(torch.nn.Module):
+    """Conv2d + batch norm, then two equal-shaped Linear layers that share one TVM kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        return torch.relu(self.a(h)) + torch.relu(self.b(h))
+
+
+@pytest.mark.slow
+def test_layers_name_the_weight_of_each_call(work_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = SharedKernelNet().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.5, 2)
+    result = measure(model, (torch.randn(1, 3, 8, 8),), work_dir=work_dir, samples=2,
+                     evaluator=FAST)
+    assert result.error is None, result.error
+    assert result.max_abs_err is not None and result.max_abs_err < 1e-4
+    named = [(layer.weight_name, layer.weight_shape) for layer in result.layers
+             if layer.weight_name]
+    assert named == [("conv.weight", (8, 3, 3, 3)), ("a.weight", (8, 8)), ("b.weight", (8, 8))]
+    # Inference form: batch norm is fused into the conv kernel, not a kernel of its own.
+    assert not any("batch_norm" in layer.name for layer in result.layers)
+    linear = [layer for layer in result.layers if layer.weight_name in ("a.weight", "b.weight")]
+    assert linear[0].name == linear[1].name  # one kernel, two calls
+
+
 # ---------------------------------------------------------------- failures are records
 
 

@@ -10,7 +10,7 @@ scheduled module, so that the kernels that really run can be listed and timed on
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import BuildFailure, one_line
@@ -76,22 +76,24 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(_fusion_passes(target))(mod)
 
 
-def kernel_calls(fused: tvm.IRModule) -> list[tuple[str, list[Any]]]:
-    """``(PrimFunc name, call arguments)`` of every kernel ``main`` runs, in execution order.
+def kernel_calls(fused: tvm.IRModule, *, keep_bindings: bool = False) -> list[tuple[str, Any]]:
+    """``(PrimFunc name, call arguments)`` of every kernel ``main`` runs, in execution order;
+    with ``keep_bindings`` the second item is ``(bound var name, call arguments)``.
 
     Reshapes that the VM turns into views (``RewriteDataflowReshape``) are not kernels and are
     left out."""
     from tvm import relax
 
     mod = relax.transform.RewriteDataflowReshape()(fused)
-    calls: list[tuple[str, list[Any]]] = []
+    calls: list[tuple[str, Any]] = []
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
             op = getattr(value, "op", None)
             if getattr(op, "name", None) == "relax.call_tir":
-                callee = value.args[0]
-                calls.append((str(callee.name_hint), list(value.args[1].fields)))
+                name = str(value.args[0].name_hint)
+                args = list(value.args[1].fields)
+                calls.append((name, (binding.var.name, args) if keep_bindings else args))
     return calls
 
 
@@ -112,36 +114,41 @@ def tuning_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list[ms.Extr
     ]
 
 
-def weight_origins(imported: ImportedModel, target: tvm.target.Target) -> dict[str, str]:
-    """Fused conv/matmul PrimFunc name → Relax name of the weight it consumes.
+def weight_origins(imported: ImportedModel,
+                   target: tvm.target.Target) -> list[tuple[str, str | None]]:
+    """``(kernel name, Relax name of the weight it consumes or None)`` for every kernel call
+    of the compiled ``main``, in execution order.
 
     Traced on the *unbound* module, where weights are still inputs of ``main``: a weight flows
-    into a conv/matmul kernel either directly or through weight-only kernels (a transpose).
-    Function names agree with the bound module because legalisation names functions before
-    constants are folded."""
+    into a conv/matmul kernel directly or through weight-only kernels (a transpose, a bias
+    reshape). Those weight-only kernels are folded away once weights are constants, so they
+    are dropped here; what remains matches the bound module's calls one to one (legalisation
+    names functions before constants are folded, so the names agree too)."""
     weights = set(imported.weight_shapes)
     fused = fuse(imported.unbound, target)
-    origin: dict[str, str] = {}  # Relax var name -> weight it is a pure function of
-    found: dict[str, str] = {}
-    for block in fused["main"].body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            op = getattr(value, "op", None)
-            if getattr(op, "name", None) != "relax.call_tir":
-                continue
-            name = str(value.args[0].name_hint)
-            args = list(value.args[1].fields)
-            arg_origins = [origin.get(a.name) or (a.name if a.name in weights else None)
-                           for a in args if hasattr(a, "name")]
-            data_args = [a for a in args if hasattr(a, "name") and
-                         not (origin.get(a.name) or a.name in weights)]
-            if not data_args and len(set(filter(None, arg_origins))) == 1:
-                origin[binding.var.name] = next(filter(None, arg_origins))
-            if any(op_name in name for op_name in _WEIGHT_OPS) and name not in found:
-                candidates = [o for o in arg_origins if o and len(imported.weight_shapes[o]) >= 2]
-                if candidates:
-                    found[name] = candidates[0]
-    return found
+    origin: dict[str, str] = {}  # Relax var name -> the weight it is a pure function of
+    calls: list[tuple[str, str | None]] = []
+    for name, args in kernel_calls(fused, keep_bindings=True):
+        binding_var, args = args
+        arg_origins = [origin.get(a.name) or (a.name if a.name in weights else None)
+                       for a in args if hasattr(a, "name")]
+        data_args = [a for a in args if hasattr(a, "name") and
+                     not (origin.get(a.name) or a.name in weights)]
+        if not data_args and len(set(filter(None, arg_origins))) == 1:
+            origin[binding_var] = next(filter(None, arg_origins))
+            continue  # weight-only: constant-folded in the compiled model
+        weight = None
+        if any(op_name in name for op_name in _WEIGHT_OPS):
+            candidates = [o for o in arg_origins if o and len(imported.weight_shapes[o]) >= 2]
+            weight = candidates[0] if candidates else None
+        calls.append((name, weight))
+    return calls
+
+
+def _lead_op(kernel_name: str) -> str:
+    """The first operator of a kernel name: ``fused_conv2d1_add_relu`` → ``conv2d``."""
+    parts = kernel_name.removeprefix("fused_").split("_")
+    return parts[0].rstrip("0123456789") if parts else kernel_name
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,6 @@ class Compiled:
     calls: tuple[KernelCall, ...]
     unscheduled: tuple[str, ...]
     build_s: float = 0.0
-    origins: dict[str, str] = field(default_factory=dict)
 
 
 def compile_model(
@@ -217,19 +223,33 @@ def compile_model(
         raise BuildFailure(f"TVM compile failed: {one_line(exc)}") from exc
 
     scheduled = captured["scheduled"]
+    bound_calls = [name for name, _args in kernel_calls(scheduled)]
     try:
-        origins = weight_origins(imported, target)
+        traced = weight_origins(imported, target)
     except Exception as exc:  # noqa: BLE001 - weight shapes are provenance, not essential
         logger.warning("could not trace weights to kernels: %s", one_line(exc))
-        origins = {}
+        traced = []
+    if len(traced) == len(bound_calls) and all(
+            _lead_op(a) == _lead_op(b) for (a, _), b in zip(traced, bound_calls)):
+        # Same kernels in the same order. Full names may differ: ops on weights that are
+        # folded once weights are constants (an expand_dims of a batch-norm scale) still
+        # appear in the unbound kernel's name.
+        per_call = [weight for _, weight in traced]
+    else:  # should not happen; fall back to the first weight seen per kernel name
+        logger.warning("weight tracing found calls %s, compiled module calls %s",
+                       [name for name, _ in traced], bound_calls)
+        by_name: dict[str, str | None] = {}
+        for name, weight in traced:
+            by_name.setdefault(name, weight)
+        per_call = [by_name.get(name) for name in bound_calls]
     calls: list[KernelCall] = []
     unscheduled: list[str] = []
-    for index, (name, _args) in enumerate(kernel_calls(scheduled)):
+    for index, name in enumerate(bound_calls):
         func = scheduled[name]
         if not (func.attrs and _SCHEDULED in func.attrs and bool(func.attrs[_SCHEDULED])):
             if name not in unscheduled:
                 unscheduled.append(name)
-        weight = origins.get(name)
+        weight = per_call[index]
         calls.append(KernelCall(
             index=index,
             name=name,
@@ -242,5 +262,4 @@ def compile_model(
         calls=tuple(calls),
         unscheduled=tuple(unscheduled),
         build_s=time.perf_counter() - start,
-        origins=origins,
     )

@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 class ImportedModel:
     """A model in Relax.
 
-    ``mod``: the imported module with weights bound as constants (input: ``main``'s data
-    inputs only); ``unbound``: the same module with weights as extra inputs of ``main`` (used
-    to trace which weight each fused function consumes); ``weight_names``: Relax parameter
+    ``mod``: the imported module in inference form (batch norm decomposed) with weights bound
+    as constants (input: ``main``'s data inputs only); ``unbound``: the same module with
+    weights as extra inputs of ``main`` (used to trace which weight each kernel consumes); ``weight_names``: Relax parameter
     name → torch parameter/buffer name (``"p_fc_weight"`` → ``"fc.weight"``);
     ``weight_shapes``: Relax parameter name → shape; ``num_inputs``: data inputs of ``main``.
     """
@@ -105,6 +105,7 @@ def import_exported(exported_program: Any) -> ImportedModel:
     Raises :class:`ImportFailure` when TVM's frontend does not support an operator of the
     model (the message names it when TVM does).
     """
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
@@ -127,6 +128,13 @@ def import_exported(exported_program: Any) -> ImportedModel:
             "— report this model to the hwsearch maintainers"
         )
     bindings = {v.name: t for v, t in zip(weight_vars, values)}
+    # Inference form, as static_shape_tuning_pipeline prepares it: batch norm becomes a
+    # scale and shift of constants that FoldConstant folds and FuseOps fuses into the conv.
+    inference = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+    ])
+    unbound = inference(unbound)
     mod = relax.transform.BindParams("main", bindings)(unbound)
     torch_names = _torch_names(exported_program)
     return ImportedModel(
