@@ -2,7 +2,10 @@
 
 Every pattern works on a layer's 2-D weight view ``rows × cols`` with rows = output
 channels and cols = input channels per group × kernel elements (the reduction dimension of the
-layer's GEMM), after channel pruning has removed whole rows/columns.
+layer's GEMM), after channel pruning has removed whole rows/columns. For convolutions the
+columns are ordered as the implicit GEMM of channels-last kernels reads them — kernel position
+outer, input channel inner (:func:`gemm_view`) — so N:M groups and blocks run along input
+channels, the layout of NVIDIA's sparse tensor cores (ASP) and of CMSIS-NN-style MCU kernels.
 
 Storage is counted in bytes, exactly, for the format a kernel would read:
 
@@ -55,6 +58,21 @@ def _ptr_bytes(max_value: int) -> int:
     return 2 if max_value < 65536 else 4
 
 
+def gemm_view(w: torch.Tensor) -> torch.Tensor:
+    """``rows × cols`` view of a weight with input channels fastest: a conv weight
+    ``(out, in, *k)`` becomes ``(out, *k, in)`` flattened; a linear weight is unchanged."""
+    if w.dim() <= 2:
+        return w.reshape(w.shape[0], -1)
+    return w.movedim(1, -1).reshape(w.shape[0], -1)
+
+
+def from_gemm_view(v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`gemm_view` for a tensor of the weight's ``shape``."""
+    if len(shape) <= 2:
+        return v.reshape(shape)
+    return v.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+
+
 class Pattern:
     """Contract for a sparsity pattern. Subclasses are stateless and registered by ``name``.
 
@@ -68,7 +86,8 @@ class Pattern:
     name = "dense"
     weight_level = False  # True: zeros inside the weight tensor; False: none or whole channels
 
-    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice, *, channels: int | None = None) -> None:
+        """``channels``: input channels per group (the fastest-varying part of ``cols``)."""
         return None
 
     def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
@@ -120,11 +139,12 @@ class NM(Pattern):
     name = "nm"
     weight_level = True
 
-    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
-        if cols % choice.m:
-            raise PlanError(f"{choice.n}:{choice.m} sparsity on {layer!r} needs its input dimension "
-                            f"({cols} = in_channels·kernel) divisible by {choice.m}; use another pattern "
-                            "for this layer")
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice, *, channels: int | None = None) -> None:
+        n = cols if channels is None else channels
+        if n % choice.m:
+            raise PlanError(f"{choice.n}:{choice.m} sparsity on {layer!r} needs its input channels per group "
+                            f"({n}) divisible by {choice.m} (groups run along input channels); use another "
+                            "pattern for this layer")
 
     def weight_density(self, rows: int, cols: int, choice: LayerChoice, min_density: float = 0.0) -> float:
         return choice.n / choice.m
@@ -148,7 +168,7 @@ class Block(Pattern):
     name = "block"
     weight_level = True
 
-    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice) -> None:
+    def check(self, layer: str, rows: int, cols: int, choice: LayerChoice, *, channels: int | None = None) -> None:
         bh, bw = choice.block
         if rows % bh or cols % bw:
             raise PlanError(f"block {bh}x{bw} does not tile {layer!r}'s weight view {rows}x{cols}; "

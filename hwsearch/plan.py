@@ -310,7 +310,7 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
         dense_weights = kept_out * per_group_in * int(row["kernel_elems"])
         pat = patterns.get(choice.pattern)
         cols = per_group_in * int(row["kernel_elems"])
-        pat.check(layer, kept_out, cols, choice)
+        pat.check(layer, kept_out, cols, choice, channels=per_group_in)
         density = pat.weight_density(kept_out, cols, choice, min_density)
         weight_binds = bool(min_density > 0 and choice.pattern in ("unstructured", "block")
                             and density > pat.weight_density(kept_out, cols, choice, 0.0) + 1e-12)

@@ -196,7 +196,7 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
         if pat.weight_level:
             sub = scores[layer][oi[:, None], cols]
             choice = plan.get_choice(layer)
-            sm = pat.mask(sub.reshape(len(oi), -1), choice, min_density).reshape(sub.shape)
+            sm = patterns.from_gemm_view(pat.mask(patterns.gemm_view(sub), choice, min_density), tuple(sub.shape))
             sub_masks[layer] = sm
         else:
             sm = torch.ones((len(oi), cols.shape[1]) + tuple(w.shape[2:]), dtype=torch.bool)
@@ -391,6 +391,6 @@ def nm_compressed(model: nn.Module, decisions: Decisions) -> dict[str, patterns.
         if tuple(w.shape) != tuple(sm.shape):
             raise PlanError(f"{layer!r} has weight {tuple(w.shape)}, the decisions {tuple(sm.shape)}: pass the "
                             "model folded from these decisions (apply(..., mode='fold'))")
-        out[layer] = patterns.nm_compress(w.reshape(w.shape[0], -1), int(res.at[layer, "n"]),
-                                          int(res.at[layer, "m"]), mask=sm.reshape(sm.shape[0], -1))
+        out[layer] = patterns.nm_compress(patterns.gemm_view(w), int(res.at[layer, "n"]),
+                                          int(res.at[layer, "m"]), mask=patterns.gemm_view(sm))
     return out

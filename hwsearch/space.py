@@ -63,10 +63,11 @@ class SearchSpace:
                     continue
                 choice = LayerChoice(p, 0.5 if p != "nm" else 0.0, n=nm[0], m=nm[1], block=block)
                 try:
-                    patterns.get(p).check(layer, rows, cols, choice)
+                    per_group = int(t.at[layer, "in_channels"]) // int(t.at[layer, "groups"])
+                    patterns.get(p).check(layer, rows, cols, choice, channels=per_group)
                     # channel pruning of the producer shrinks cols to multiples of 8: recheck at the floor
                     if int(t.at[layer, "in_group"]) >= 0 and t.at[layer, "kind"] != "depthwise":
-                        patterns.get(p).check(layer, rows, 8 * int(t.at[layer, "kernel_elems"]), choice)
+                        patterns.get(p).check(layer, rows, 8 * int(t.at[layer, "kernel_elems"]), choice, channels=8)
                 except PlanError as exc:
                     dropped.setdefault(layer, {})[p] = str(exc)
                     continue

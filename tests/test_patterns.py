@@ -26,9 +26,24 @@ def test_nm_mask_keeps_exactly_n_of_every_m_along_inputs(n: int, m: int) -> None
 
 
 def test_nm_refuses_indivisible_input_dim() -> None:
-    with pytest.raises(PlanError, match=r"2:4 .*'stem'.*\(27 = in_channels·kernel\) divisible by 4"):
+    with pytest.raises(PlanError, match=r"2:4 .*'stem'.*input channels per group \(27\) divisible by 4"):
         patterns.get("nm").check("stem", 16, 27, LayerChoice("nm"))
     patterns.get("nm").check("conv", 16, 36, LayerChoice("nm"))  # divisible: no error
+    # groups run along input channels: 3 channels x 3x3 kernel = 27 columns, refused; 4 x 3x3 accepted
+    with pytest.raises(PlanError, match=r"input channels per group \(3\)"):
+        patterns.get("nm").check("c", 16, 27, LayerChoice("nm"), channels=3)
+    patterns.get("nm").check("c", 16, 36, LayerChoice("nm"), channels=4)
+
+
+def test_nm_groups_run_along_input_channels_of_convs() -> None:
+    """Conv weights (out, in, k): every M consecutive input channels at one kernel position
+    keep exactly N — the layout sparse tensor cores and the MCU kernels read."""
+    w = torch.randn(8, 8, 3)
+    mask = patterns.from_gemm_view(patterns.get("nm").mask(patterns.gemm_view(w.abs()), LayerChoice("nm")),
+                                   tuple(w.shape))
+    per_group = mask.reshape(8, 2, 4, 3).sum(dim=2)   # (out, in-group, kernel position)
+    assert bool((per_group == 2).all())
+    assert torch.equal(patterns.from_gemm_view(patterns.gemm_view(w), tuple(w.shape)), w)
     with pytest.raises(PlanError, match="0 < N < M"):
         LayerChoice("nm", n=4, m=4)
 
