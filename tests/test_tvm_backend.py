@@ -143,7 +143,8 @@ def test_in_process_measure_agrees(work_dir: Path, first: tuple[MeasureResult, f
 
 
 class SharedKernelNet(torch.nn.Module):
-    """Conv2d + batch norm, then two equal-shaped Linear layers that share one TVM kernel."""
+    """Conv2d + batch norm, then two equal-shaped Linear heads (two outputs) that share one
+    TVM kernel."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,7 +155,7 @@ class SharedKernelNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
-        return torch.relu(self.a(h)) + torch.relu(self.b(h))
+        return torch.relu(self.a(h)), torch.relu(self.b(h))
 
 
 @pytest.mark.slow
@@ -169,7 +170,9 @@ def test_layers_name_the_weight_of_each_call(work_dir: Path) -> None:
     assert result.max_abs_err is not None and result.max_abs_err < 1e-4
     named = [(layer.weight_name, layer.weight_shape) for layer in result.layers
              if layer.weight_name]
-    assert named == [("conv.weight", (8, 3, 3, 3)), ("a.weight", (8, 8)), ("b.weight", (8, 8))]
+    # TVM may run the two heads in either order
+    assert named[0] == ("conv.weight", (8, 3, 3, 3))
+    assert sorted(named[1:]) == [("a.weight", (8, 8)), ("b.weight", (8, 8))]
     # Inference form: batch norm is fused into the conv kernel, not a kernel of its own.
     assert not any("batch_norm" in layer.name for layer in result.layers)
     linear = [layer for layer in result.layers if layer.weight_name in ("a.weight", "b.weight")]
