@@ -230,7 +230,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     manifest = export.bundle(graph, plan, target, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
                              min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
                              record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
-                             tvm_work_dir=a.search_dir / "tvm")
+                             tvm_work_dir=a.search_dir / f"tvm-{target.name}")
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")

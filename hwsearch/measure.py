@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -34,21 +35,22 @@ def versions() -> dict[str, str]:
 
 
 def map_layer_timings(graph: ModelGraph, folded: nn.Module, layers: list[dict]) -> dict[str, float]:
-    """Assign per-function timings (in execution order, with the weight shape each consumes) to
-    the table's layers: the k-th layer takes the next timing whose weight has the same number of
-    elements as the folded layer's weight. Unmatched layers are left out (not zero)."""
+    """Assign per-kernel timings to the table's layers: by the torch parameter each kernel call
+    consumes (``weight_name`` = ``"<layer>.weight"``) when the backend reports it, else in
+    execution order by the weight's element count. Unmatched layers are left out (not zero)."""
+    by_name = {str(t["weight_name"]).removesuffix(".weight"): float(t["median_s"])
+               for t in layers if t.get("weight_name")}
     mods = dict(folded.named_modules())
     out: dict[str, float] = {}
     pos = 0
     timed = [t for t in layers if t.get("weight_shape")]
     for layer in graph.table.index:
+        if layer in by_name:
+            out[layer] = by_name[layer]
+            continue
         numel = mods[layer].weight.numel()
         for j in range(pos, len(timed)):
-            shape = timed[j]["weight_shape"]
-            n = 1
-            for s in shape:
-                n *= int(s)
-            if n == numel:
+            if int(np.prod(timed[j]["weight_shape"])) == numel:
                 out[layer] = float(timed[j]["median_s"])
                 pos = j + 1
                 break

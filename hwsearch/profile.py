@@ -30,20 +30,9 @@ from hwsearch.graph import ModelGraph
 from hwsearch.measure import measure_model
 from hwsearch.plan import LayerChoice, Plan, kept_channels
 
-__all__ = ["profile", "ProfileCell", "plot_profile"]
+__all__ = ["profile", "plot_profile"]
 
 log = logging.getLogger(__name__)
-
-
-class ProfileCell(nn.Module):
-    """One grid cell: a layer rebuilt at a pruned shape."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
 
 
 class _Grid(nn.Module):
@@ -152,8 +141,10 @@ def profile(graph: ModelGraph, target: Any, *, work_dir: Path, ratios: tuple[flo
     if res.get("error"):
         raise RuntimeError(f"profiling measurement failed: {res['error']}")
     timed = [t for t in res.get("layers", []) if t.get("weight_shape")]
-    numels = [c.weight.numel() for c in cells]
-    lat = _match(numels, timed)
+    by_cell = {str(t["weight_name"]): float(t["median_s"]) for t in timed if t.get("weight_name")}
+    lat = [by_cell.get(f"cells.{i}.weight") for i in range(len(cells))]
+    if any(v is None for v in lat):  # backend without parameter names: match in order by size
+        lat = _match([c.weight.numel() for c in cells], timed)
     df = pd.DataFrame(rows)
     df["latency_s"] = lat
     macs = []

@@ -213,7 +213,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     storage = open_storage(cfg.storage_url())
     rec_path = out / "measurements.jsonl"
     cm_path = out / "costmodel.json"
-    work_dir = out / "tvm"
+    work_dir = out / f"tvm-{target.name}"  # one tuning database per target (records are keyed by kernel)
     result = SearchResult(cfg, out_dir=out)
     constrained = any(b is not None for b in (cfg.latency_budget_s, cfg.flash_budget_bytes, cfg.sram_budget_bytes))
 
