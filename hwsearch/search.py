@@ -267,6 +267,9 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             study.optimize(objective, n_trials=remaining, show_progress_bar=show_bars,
                            catch=(PlanError,))
         front = _front(study)
+        if constrained and not front["feasible"].any():
+            say(f"round {rnd}: no plan met the budgets — {_closest_to_budgets(study, cfg)}; the front below is "
+                "the least-violating plans: relax a budget or allow more patterns / higher ratios")
         prev_front = [Plan.from_dict(p) for p in front["plan"]]
         # ---- measure the winners ----
         recs = store.load()  # other workers may have measured meanwhile
@@ -331,11 +334,32 @@ def _fail_stale(study: optuna.Study, mine: list[optuna.trial.FrozenTrial]) -> No
             log.info("marked stale running trial %d of worker %s as failed", t.number, t.user_attrs.get("worker"))
 
 
+def _closest_to_budgets(study: optuna.Study, cfg: SearchConfig) -> str:
+    """The smallest predicted latency / flash / SRAM any trial reached, beside each budget."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    parts = []
+    for name, key, budget, scale, unit in (
+            ("latency", "predicted_latency_s", cfg.latency_budget_s, 1e6, "µs"),
+            ("flash", "flash_bytes", cfg.flash_budget_bytes, 1 / 1024, "KiB"),
+            ("SRAM", "sram_bytes", cfg.sram_budget_bytes, 1 / 1024, "KiB")):
+        if budget is None or not done:
+            continue
+        best = min(float(t.user_attrs.get(key, math.inf)) for t in done)
+        parts.append(f"{name}: best {best * scale:.1f} {unit} vs budget {budget * scale:.1f} {unit}")
+    return "; ".join(parts) or "no completed trial"
+
+
 def _front(study: optuna.Study) -> pd.DataFrame:
-    """The feasible Pareto front of a study, one row per distinct plan, by predicted latency."""
+    """The Pareto front of a study, one row per distinct plan, by predicted latency: feasible
+    plans only when any trial met the budgets, else the least-violating trials."""
     rows = []
     seen = set()
-    for t in study.best_trials:
+    best = study.best_trials
+    if not best:  # nothing feasible: rank by total violation, then by the objectives
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        viol = lambda t: sum(max(0.0, v) for v in t.user_attrs.get("constraints", []))  # noqa: E731
+        best = sorted(done, key=lambda t: (viol(t), -t.values[0], t.values[1]))[:5]
+    for t in best:
         key = t.user_attrs.get("plan_key")
         if key in seen or key is None:
             continue
