@@ -144,10 +144,16 @@ def _matvec_features(fmt: str, dtype: str, R: int, K: int, *, nnz: float, n: int
     f: dict[str, float] = {"mv_calls": 1.0, "mv_rows": float(R)}
     if fmt == "dense":
         if dtype == "int8":
+            # two rows per pass (a last odd row alone); per pass a SMLAD loop over K//4 words and
+            # a scalar tail loop over K%4 columns, each costing an entry when it runs at all
+            passes = R // 2 + R % 2
             f["dense_pair_k4"] = float((R // 2) * (K // 4))
             f["dense_single_k4"] = float((R % 2) * (K // 4))
-            f["dense_tail"] = float(R * (K % 4))
+            f["dense_pair_tail"] = float((R // 2) * (K % 4))
+            f["dense_single_tail"] = float((R % 2) * (K % 4))
             f["dense_pairs"] = float(R // 2)
+            f["dense_k4_loops"] = float(passes * (K >= 4))
+            f["dense_tail_loops"] = float(passes * (K % 4 > 0))
         else:
             f["dense_macs"] = float(R * K)
     elif fmt == "csr":
@@ -275,6 +281,8 @@ def layer_features(op: str, fmt: str, dtype: str, shape: Mapping[str, Any], dens
         if dtype == "int8":
             f["im.copy_words"] = G * vtaps * (cig // 4)
             f["im.copy_tail"] = G * vtaps * (cig % 4)
+            f["im.copy_word_loops"] = G * vtaps * float(cig >= 4)
+            f["im.copy_tail_loops"] = G * vtaps * float(cig % 4 > 0)
         else:
             f["im.copy_elems"] = G * vtaps * cig
     mv = _matvec_features(fmt, dtype, rows, cols, nnz=kept / G, n=n, m=m, bh=bh, bw=bw,

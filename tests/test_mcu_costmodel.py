@@ -115,3 +115,81 @@ def test_prediction_of_a_fresh_measurement_within_10_percent() -> None:
         assert m.error is None
         pred = model.predict(op, fmt, "int8", m.shape, m.density, cpu="cortex-m7")
         assert abs(pred - m.instructions) / m.instructions <= 0.10, (op, fmt, pred, m.instructions)
+
+
+def _reference_layer_cases():
+    """(model, ratio, layer, op, fmt, shape, density) for every conv/linear layer of both reference
+    models (MNIST1DNet widths 32 and 8: the architecture of ``mnist1d_cnn`` and ``mnist1d_cnn_small``)
+    at channel-pruning ratios 0 / 0.25 / 0.5 / 0.75, in every format its kernel op can hold."""
+    import torch
+
+    from costmodels.mcu_cost import layer_shape, mcu_op
+    from hwsearch.graph import analyze
+    from hwsearch.plan import LayerChoice, Plan, resolve
+    from hwsearch.zoo import MNIST1DNet
+    from targets.mcu._layers import geometry, pack_layer
+
+    for width in (32, 8):
+        g = analyze(MNIST1DNet(width).eval(), torch.zeros(1, 1, 40))
+        leaders = [n for n in g.table.index if g.table.at[n, "group_leader"] and g.table.at[n, "channel_prunable"]]
+        for ratio in (0.0, 0.25, 0.5, 0.75):
+            res = resolve(g.table, g.groups, Plan({n: LayerChoice("channel", ratio) for n in leaders} if ratio else {}))
+            for name, r in res.iterrows():
+                op = mcu_op(r)
+                shape = layer_shape(r, int(r["kept_in"]), int(r["kept_out"]))
+                if op == "linear":
+                    w_shape, x_shape = (shape["out_features"], shape["in_features"]), (shape["in_features"],)
+                else:
+                    w_shape = (shape["out_channels"], shape["in_channels"] // shape["groups"], shape["kernel"])
+                    x_shape = (shape["in_channels"], shape["in_len"])
+                geom = geometry(op, w_shape, x_shape, stride=shape.get("stride", 1), padding=shape.get("padding", 0),
+                                groups=shape.get("groups", 1))
+                w = mcu.prune_to_format(op, np.ones(w_shape, np.float32), "dense")
+                for fmt, dens, extra in (("dense", 1.0, {}), ("csr", 0.3, {}), ("bitmask", 0.3, {}),
+                                         ("nm", 0.5, {"n": 2, "m": 4}), ("block", 0.5, {"block_h": 4, "block_w": 4})):
+                    try:  # the formats the kernels can hold for this shape
+                        pack_layer(geom, mcu.prune_to_format(op, w, fmt, dens, groups=shape.get("groups", 1)), fmt)
+                    except ValueError:
+                        continue
+                    yield width, ratio, name, op, fmt, {**shape, **extra}, dens
+                if r["kind"] == "depthwise":  # also as the height-1 depthwise kernel it can run on
+                    s2 = M.shape_from_layer("dwconv2d", (shape["in_channels"], 1, shape["in_len"]), shape["out_channels"],
+                                            kernel=(1, shape["kernel"]), stride=(1, shape["stride"]),
+                                            padding=(0, shape["padding"]))
+                    for fmt, dens in (("dense", 1.0), ("csr", 0.3), ("bitmask", 0.3)):
+                        yield width, ratio, name, "dwconv2d", fmt, s2, dens
+
+
+def test_every_reference_model_layer_is_covered_in_every_format() -> None:
+    """No layer of either reference model, channel-pruned or not, is a coverage gap of the shipped
+    model on either core, in any format its op supports, int8 or fp32."""
+    model = M.default_model()
+    cases = list(_reference_layer_cases())
+    assert {c[4] for c in cases} == {"dense", "csr", "bitmask", "nm", "block"}
+    assert {(c[2], c[4]) for c in cases} >= {("stem", "csr"), ("dw", "bitmask"), ("head", "nm"), ("res1", "block")}
+    for width, ratio, name, op, fmt, shape, dens in cases:
+        for cpu in ("cortex-m4", "cortex-m7"):
+            for dtype in ("int8", "fp32"):
+                pred = model.predict(op, fmt, dtype, shape, dens, cpu=cpu)   # raises McuModelError on a gap
+                assert pred > 0, (width, ratio, name, fmt, cpu, dtype)
+
+
+def test_plan_cost_model_prices_both_reference_models_on_both_cores() -> None:
+    import torch
+
+    import costmodels
+    from hwsearch.graph import analyze
+    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.zoo import MNIST1DNet
+    from targets.spec import get_target
+
+    for width in (32, 8):
+        g = analyze(MNIST1DNet(width).eval(), torch.zeros(1, 1, 40))
+        plans = [Plan(), Plan({n: LayerChoice("unstructured", 0.7) for n in g.table.index}),
+                 Plan({"down": LayerChoice("channel", 0.5), "pw": LayerChoice("nm", n=2, m=4),
+                       "res1": LayerChoice("block", 0.5, block=(4, 4)), "stem": LayerChoice("unstructured", 0.9)})]
+        for target in ("cortex-m4", "cortex-m7"):
+            cm = costmodels.default_for(get_target(target))
+            for plan in plans:
+                cost = cm.predict(g, plan)   # CoverageError on any gap
+                assert not cost.coverage_gaps and cost.latency_s > 0

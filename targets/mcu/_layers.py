@@ -9,7 +9,7 @@ import numpy as np
 
 from ._formats import PackedMatrix, pack
 
-__all__ = ["OPS", "DTYPES", "LayerGeom", "geometry", "weight_matrices", "pack_layer", "AsmData",
+__all__ = ["OPS", "DTYPES", "LayerGeom", "geometry", "weight_matrices", "pack_layer", "AsmData", "as_conv2d_depthwise",
            "mat_initializer", "conv_initializer", "c_type", "scratch_bytes", "prune_to_format"]
 
 OPS = ("linear", "conv1d", "conv2d", "dwconv2d")
@@ -165,7 +165,30 @@ def pack_layer(g: LayerGeom, w: np.ndarray, fmt: str, *, n: int = 2, m: int = 4,
         raise ValueError(f"dwconv2d kernels exist for dense, csr and bitmask, not {fmt!r}")
     if g.op == "dwconv2d" and fmt == "csr" and g.cols > 256:
         raise ValueError("dwconv2d csr needs at most 256 taps per channel (8-bit tap indices)")
-    return [pack(mat, fmt, n=n, m=m, block=block) for mat in weight_matrices(g, w)]
+    try:
+        return [pack(mat, fmt, n=n, m=m, block=block) for mat in weight_matrices(g, w)]
+    except ValueError as exc:
+        if fmt == "nm" and g.is_conv and g.k_h * g.k_w > 1 and "not" in str(exc) and "sparse" in str(exc):
+            raise ValueError(f"{exc} (conv columns run (kh, kw, in_channel) with input channels fastest: "
+                             f"build the {n}:{m} mask along input channels at each kernel tap, not along "
+                             "PyTorch's flattened [in_channel, kh, kw])") from None
+        raise
+
+
+def as_conv2d_depthwise(weight: np.ndarray, x: np.ndarray, stride, padding
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
+    """A depthwise conv1d (``[C, 1, k]`` weight, ``[C, L]`` or ``[1, C, L]`` input, int or
+    1-tuple stride/padding) as the height-1 conv2d the ``dwconv2d`` kernel runs:
+    ``([C, 1, 1, k], [C, 1, L], (1, s), (0, p))``."""
+    def last(v) -> int:
+        return int(v[-1]) if isinstance(v, (tuple, list)) else int(v)
+
+    w = np.asarray(weight)
+    xa = np.asarray(x)
+    if xa.ndim == 3:
+        xa = xa[0]
+    return (w.reshape(w.shape[0], 1, 1, w.shape[-1]), xa.reshape(xa.shape[0], 1, xa.shape[-1]),
+            (1, last(stride)), (0, last(padding)))
 
 
 def c_type(arr: np.ndarray) -> str:

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import _toolchain as tc
 from ._formats import FORMATS
-from ._layers import (DTYPES, OPS, AsmData, LayerGeom, conv_initializer, geometry, mat_initializer,
-                      pack_layer, scratch_bytes, weight_matrices)
+from ._layers import (DTYPES, OPS, AsmData, LayerGeom, as_conv2d_depthwise, conv_initializer, geometry,
+                      mat_initializer, pack_layer, scratch_bytes, weight_matrices)
 from ._reference import choose_requant, quantize_symmetric, reference_acc, reference_fp32, requantize
 
 __all__ = ["McuLayerMeasurement", "measure_layer", "PreparedLayer", "prepare_layer", "IMPLS"]
@@ -256,7 +256,8 @@ def measure_layer(op: str, weight: np.ndarray, x: np.ndarray, *, fmt: str = "den
 
     ``op``: ``linear`` (weight ``[out, in]``, x ``[in]`` or ``[batch, in]``), ``conv1d``
     (``[out, in/groups, k]``, x ``[C, L]``), ``conv2d`` (``[out, in/groups, kh, kw]``, x
-    ``[C, H, W]``), ``dwconv2d`` (``[C, 1, kh, kw]``). ``fmt``: ``dense``, ``csr``, ``bitmask``,
+    ``[C, H, W]``), ``dwconv2d`` (``[C, 1, kh, kw]``; a ``[C, 1, k]`` weight with a ``[C, L]`` input
+    is a depthwise conv1d, run as a height-1 conv2d). ``fmt``: ``dense``, ``csr``, ``bitmask``,
     ``nm`` (``n``:``m`` along the reduction, which for convs runs over input channels) or
     ``block`` (``block`` = (bh, bw) over output × reduction). Zeros in ``weight`` are the pruned
     weights. ``impl="tvm"`` measures TVM's C code generator instead (dense only).
@@ -274,6 +275,8 @@ def measure_layer(op: str, weight: np.ndarray, x: np.ndarray, *, fmt: str = "den
                 "icount_shift": str(tc.ICOUNT_SHIFT)}
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     w_arr = np.asarray(weight)
+    if op == "dwconv2d" and w_arr.ndim == 3:  # a depthwise conv1d: run it as a height-1 conv2d
+        w_arr, x, stride, padding = as_conv2d_depthwise(w_arr, x, stride, padding)
     density = float(np.count_nonzero(w_arr)) / max(1, w_arr.size)
     shape: dict = {}
     stats: dict = {}

@@ -42,11 +42,12 @@ from . import _toolchain as tc
 from ._formats import FORMATS
 from ._layers import (OPS, LayerGeom, conv_initializer, geometry, mat_initializer, pack_layer,
                       scratch_bytes)
+from ._graph import GRAPH_KIND, export_graph
 from ._reference import (quantize_symmetric, reference_acc, reference_fp32, requant_from_real,
                          requantize)
 
-__all__ = ["ExportLayer", "ExportResult", "BuildResult", "export_c", "build", "layers_from_sequential",
-           "AUTO_FORMATS"]
+__all__ = ["ExportLayer", "ExportResult", "BuildResult", "export_c", "export_graph", "build",
+           "layers_from_sequential", "AUTO_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ class BuildResult:
     run_s: float
     error: str | None
     versions: dict = field(default_factory=dict)
+    #: graph exports: instructions of each op (kernel call or glue) of one ``model_run``, by op name
+    layer_instructions: dict | None = None
+    #: graph exports: flash of the model alone (code + const data of model, weights, kernels and
+    #: ops as linked; the QEMU harness and the test input excluded)
+    model_flash_bytes: int | None = None
+    #: graph exports: largest |emulator output (dequantised) - PyTorch output|
+    torch_max_abs_err: float | None = None
 
 
 def _c_array(ctype: str, name: str, arr: np.ndarray, per_line: int = 24) -> str:
@@ -473,6 +481,91 @@ def layers_from_sequential(model, formats: str | dict | None = None) -> list[Exp
     return out
 
 
+#: symbols of the QEMU test harness (hw_startup.c, test_main.c, test_input.h): not part of a deployment
+_HARNESS_SYMBOLS = frozenset({"main", "Reset_Handler", "Fault_Handler", "SysTick_Handler", "hw_vectors",
+                              "hw_timer_start", "hw_write_file", "hw_puts", "hw_exit", "hw_semihost", "hw_wraps",
+                              "hw_test_input", "hw_out", "hw_model_prof"})
+
+
+def _model_flash_bytes(elf: Path) -> int:
+    """Bytes of the functions and objects linked into flash (address < 0x20000000) other than the
+    test harness's: the model's code, const data, weights, kernels and ops."""
+    import struct
+
+    data = elf.read_bytes()
+    shoff, = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
+    sections = [struct.unpack_from("<10I", data, shoff + i * shentsize) for i in range(shnum)]
+    total = 0
+    for sh in sections:
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        str_off = sections[sh[6]][4]
+        for j in range(sh[5] // 16):
+            name_off, value, size, info, _other, shndx = struct.unpack_from("<IIIBBH", data, sh[4] + j * 16)
+            if shndx == 0 or size == 0 or (info & 0xF) not in (1, 2) or value >= 0x20000000:
+                continue
+            end = data.index(b"\0", str_off + name_off)
+            if data[str_off + name_off:end].decode() not in _HARNESS_SYMBOLS:
+                total += size
+    return total
+
+
+def _decode_profile(raw: bytes, n_ops: int) -> list[int]:
+    """Per-op instructions from ``hw_model_prof`` (see ``model.h``): stamp pairs (wraps, value):
+    two calibration stamps, then one before each op and one after the last."""
+    import struct
+
+    words = struct.unpack(f"<{2 * (n_ops + 3)}I", raw[: 8 * (n_ops + 3)])
+    scale = tc.SYSTICK_NS / (1 << tc.ICOUNT_SHIFT)
+    el = [tc._elapsed(words[2 * i], words[2 * i + 1]) for i in range(n_ops + 3)]
+    calib = round((el[1] - el[0]) * scale)
+    return [round((el[k + 3] - el[k + 2]) * scale) - calib
+            - tc.HANDLER_INSNS * (words[2 * (k + 3)] - words[2 * (k + 2)]) for k in range(n_ops)]
+
+
+def _finish_graph(out: Path, manifest: dict, cpu: str, got: np.ndarray, qr, err: float, error: str | None,
+                  link, versions: dict, common: dict) -> BuildResult:
+    """Graph exports: compare with PyTorch, count every op's instructions in a second, profiled
+    build, and record the measurements in ``manifest.json`` under ``measured[cpu]``."""
+    torch_ref = np.load(out / "test" / "torch_output.npy").astype(np.float64).reshape(-1)
+    s8 = manifest["dtype"] == "int8"
+    deq = got * (manifest["tensors"][manifest["output"]["tensor"]]["scale"] if s8 else 1.0)
+    torch_err = float(np.abs(deq - torch_ref).max(initial=0.0))
+    layer_insn: dict[str, int] | None = None
+    prof_error = None
+    run_s = qr.run_s
+    if error is None:
+        pelf = out / "build" / "model_prof.elf"
+        perr = link(pelf, ("-DHW_MODEL_PROFILE",))
+        if perr:
+            prof_error = perr
+        else:
+            (pelf.parent / "hw_profile.bin").unlink(missing_ok=True)
+            pq = tc.run_qemu(pelf, cpu)
+            run_s += pq.run_s
+            prof = pelf.parent / "hw_profile.bin"
+            if pq.error or not prof.exists():
+                prof_error = pq.error or "the profiled run wrote no hw_profile.bin"
+            else:
+                counts = _decode_profile(prof.read_bytes(), len(manifest["ops"]))
+                layer_insn = {op["name"]: int(c) for op, c in zip(manifest["ops"], counts)}
+    flash = _model_flash_bytes(common["elf"])
+    measured = {"instructions": qr.instructions, "layer_instructions": layer_insn,
+                "glue_instructions": (None if layer_insn is None or qr.instructions is None
+                                      else int(qr.instructions - sum(layer_insn.values()))),
+                "model_flash_bytes": flash, "text_bytes": common["text_bytes"], "bss_bytes": common["bss_bytes"],
+                "max_abs_err_vs_reference": err, "max_abs_err_vs_torch": torch_err, "error": error or prof_error,
+                "board": tc.cpu_config(cpu).board, "icount_shift": tc.ICOUNT_SHIFT, "versions": versions,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    manifest.setdefault("measured", {})[cpu] = measured
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return BuildResult(ok=error is None and prof_error is None, cpu=cpu, instructions=qr.instructions,
+                       max_abs_err=err, run_s=run_s, error=error or prof_error, versions=versions,
+                       layer_instructions=layer_insn, model_flash_bytes=flash, torch_max_abs_err=torch_err,
+                       **common)
+
+
 def _sizes(elf: Path) -> tuple[int, int, int]:
     res = subprocess.run([tc.GCC.replace("gcc", "size"), "-A", str(elf)], capture_output=True, text=True,
                          timeout=60)
@@ -512,19 +605,30 @@ def build(out_dir: str | Path, cpu: str = "cortex-m4", *, run: bool = False, tim
         return fail(f"{out} is not an export_c tree ({exc})")
     bdir = out / "build"
     bdir.mkdir(exist_ok=True)
-    kern = [f for f in KERNEL_FILES[manifest["dtype"]] if f.endswith(".c")]
-    srcs = [out / "model.c", out / "weights.c", *(out / k for k in kern), out / "test" / "hw_startup.c",
-            out / "test" / "test_main.c"]
+    if "sources" in manifest:
+        srcs = [out / k for k in manifest["sources"]]
+    else:
+        kern = [f for f in KERNEL_FILES[manifest["dtype"]] if f.endswith(".c")]
+        srcs = [out / "model.c", out / "weights.c", *(out / k for k in kern)]
+    srcs += [out / "test" / "hw_startup.c", out / "test" / "test_main.c"]
+    graph = manifest.get("kind") == GRAPH_KIND
+
+    def link(elf: Path, extra: tuple[str, ...] = ()) -> str | None:
+        cmd = [tc.GCC, *cfg.cflags, *tc.COMMON_CFLAGS, *extra, "-I", str(out), "-I", str(out / "test"),
+               *map(str, srcs), "--specs=nosys.specs", "-nostartfiles", "-T", str(out / "test" / "hw_link.ld"),
+               "-Wl,--gc-sections", "-o", str(elf)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"compiler did not run: {exc}"
+        if res.returncode != 0:
+            return "build failed: " + "\n".join(res.stderr.strip().splitlines()[-15:])
+        return None
+
     elf = bdir / "model.elf"
-    cmd = [tc.GCC, *cfg.cflags, *tc.COMMON_CFLAGS, "-I", str(out), "-I", str(out / "test"),
-           *map(str, srcs), "--specs=nosys.specs", "-nostartfiles", "-T", str(out / "test" / "hw_link.ld"),
-           "-Wl,--gc-sections", "-o", str(elf)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return fail(f"compiler did not run: {exc}")
-    if res.returncode != 0:
-        return fail("build failed: " + "\n".join(res.stderr.strip().splitlines()[-15:]))
+    err = link(elf)
+    if err:
+        return fail(err)
     text, data, bss = _sizes(elf)
     compile_s = time.perf_counter() - t0
     common = dict(elf=elf, text_bytes=text, data_bytes=data, bss_bytes=bss,
@@ -544,5 +648,7 @@ def build(out_dir: str | Path, cpu: str = "cortex-m4", *, run: bool = False, tim
     err = float(np.abs(got - ref).max(initial=0.0))
     tol = 0.0 if s8 else 1e-4 * max(1.0, float(np.abs(ref).max(initial=0.0)))
     error = None if err <= tol else f"output differs from the reference by {err:g} (> {tol:g})"
-    return BuildResult(ok=error is None, cpu=cpu, instructions=qr.instructions, max_abs_err=err, run_s=qr.run_s,
-                       error=error, versions=versions, **common)
+    if not graph:
+        return BuildResult(ok=error is None, cpu=cpu, instructions=qr.instructions, max_abs_err=err,
+                           run_s=qr.run_s, error=error, versions=versions, **common)
+    return _finish_graph(out, manifest, cpu, got, qr, err, error, link, versions, common)
