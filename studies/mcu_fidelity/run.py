@@ -346,13 +346,13 @@ def shipped_paragraph() -> list[str]:
     return [f"`costmodels/data/mcu_counts_cortex_m4.csv` / `_m7.csv` and `mcu_model.json` come from `{s.get('command')}` "
             f"({s.get('shapes')} shapes, {s.get('rows')} measurements, {s.get('failed', 0)} failed, dtypes "
             f"{', '.join(s.get('dtypes', []))}, fitted on all rows; {s.get('elapsed_s', 0):.0f} s). Its own held-out "
-            f"split ({h.get('n')} measurements of shapes left out of a fit on the rest): "
+            f"split ({int(h.get('n', 0))} measurements of shapes left out of a fit on the rest): "
             f"**{h.get('within10', float('nan')):.1%} within ±10 %**, {h.get('within5', float('nan')):.1%} within ±5 %, "
             f"τ = {h.get('kendall_tau', float('nan')):.4f}.",
             "",
             "Held-out fidelity of that run per category:", "",
             "| category | n | within ±10 % | within ±5 % | mean abs. error |", "|---|---|---|---|---|",
-            *[f"| {k} | {v['n']} | {v['within10']:.1%} | {v['within5']:.1%} | {v['mape']:.2%} |"
+            *[f"| {k} | {int(v['n'])} | {v['within10']:.1%} | {v['within5']:.1%} | {v['mape']:.2%} |"
               for k, v in s.get("heldout_by_category", {}).items()]]
 
 
@@ -380,7 +380,7 @@ def write_readme(path: Path, args: argparse.Namespace, ok: pd.DataFrame, overall
         "|---|---|---|---|---|---|",
         f"| all | {overall['n']} | **{overall['within10']:.1%}** | **{overall['within5']:.1%}** | "
         f"**{overall['kendall_tau']:.4f}** | {overall['mape']:.2%} |",
-        *[f"| {k} | {v['n']} | {v['within10']:.1%} | {v['within5']:.1%} | {v['kendall_tau']:.4f} | "
+        *[f"| {k} | {int(v['n'])} | {v['within10']:.1%} | {v['within5']:.1%} | {v['kendall_tau']:.4f} | "
           f"{v['mape']:.2%} |" for k, v in subsets(held).items()],
         "", "Per group (held-out):", "", markdown(by), "",
         "## Instructions per MAC (median over the grid and densities)", "",

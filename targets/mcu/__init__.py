@@ -8,6 +8,10 @@ Public API::
 
     measure_layer(op, weight, x, *, fmt="dense", dtype="int8", cpu="cortex-m4", ...)
         -> McuLayerMeasurement
+    measure_plan_layers(layers: list[dict], *, cpu, dtype="int8", work_dir=None)
+        -> list[McuLayerMeasurement]      # the folded layers of a plan (targets.mcu.plan)
+    codegen.export_graph(model, example_input, out_dir, *, dtype="int8", formats=None)
+        -> ExportResult                    # a whole model as C; codegen.build(dir, cpu, run=True)
     available() -> str | None          # None when the toolchain and emulator are installed
     format_bytes(fmt, rows, cols, ...) # hand count of a format's weight bytes
     prune_to_format(op, weight, fmt, density, ...)  # magnitude pruning in the kernels' view
@@ -18,9 +22,11 @@ from ._formats import FORMATS, PackedMatrix, format_bytes, pack, unpack
 from ._layers import DTYPES, OPS, prune_to_format
 from ._measure import IMPLS, McuLayerMeasurement, measure_layer
 from ._toolchain import CPUS, INSTALL_HINT, missing_tools, tool_versions
+from .plan import measure_plan_layers
 
 __all__ = ["McuLayerMeasurement", "measure_layer", "available", "CPUS", "OPS", "FORMATS", "DTYPES",
-           "IMPLS", "format_bytes", "pack", "unpack", "PackedMatrix", "tool_versions", "prune_to_format"]
+           "IMPLS", "format_bytes", "pack", "unpack", "PackedMatrix", "tool_versions", "prune_to_format",
+           "measure_plan_layers"]
 
 
 def available() -> str | None:

@@ -1,4 +1,18 @@
-"""Export a sequential model as a C source tree for Cortex-M (the project's kernels + weights).
+"""Export a model as a C source tree for Cortex-M (the project's kernels + weights).
+
+Two exporters share :func:`build`:
+
+* :func:`export_graph` — any model ``torch.export`` can trace made of conv / linear / BatchNorm
+  (folded) / ReLU / residual add / global mean pooling / flatten (see ``_graph.py``), with a
+  buffer plan that keeps residual inputs live and per-op instruction counts when run;
+* :func:`export_c` — a sequential chain of :class:`ExportLayer` (below), ping-pong buffers.
+
+    from targets.mcu.codegen import export_graph, build
+
+    exp = export_graph(folded_model, x, "out/mcu", dtype="int8", formats={"res1": "block"})
+    res = build("out/mcu", "cortex-m7", run=True)   # res.layer_instructions, res.model_flash_bytes
+
+The sequential exporter:
 
     from targets.mcu.codegen import ExportLayer, export_c, build
 
