@@ -293,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if not a.verbose:  # third-party deprecation chatter (torch.export, Torch-Pruning) hides our output
+    if not a.verbose:  # third-party chatter (torch.export graph dumps, deprecations) hides our output
+        import torch
+
+        torch._logging.set_logs(all=logging.ERROR)  # documented switch for torch's own log handlers
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", module="torch_pruning")

@@ -87,9 +87,16 @@ class ModelGraph:
 
 
 def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    import contextlib
+    import io
+
+    # torch.export prints the partial graph of a failed export to stderr; keep it for --verbose
+    captured = io.StringIO()
     try:
-        return torch.export.export(model, example_inputs)
+        with contextlib.redirect_stderr(captured):
+            return torch.export.export(model, example_inputs)
     except Exception as exc:  # torch raises many types here; all mean "not exportable"
+        log.debug("torch.export output:\n%s", captured.getvalue())
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"torch.export failed for {type(model).__name__}: {first[:300]} — make the forward "

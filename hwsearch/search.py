@@ -79,6 +79,27 @@ class SearchConfig:
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.out_dir).resolve() / 'study.db'}"
 
+    def validate(self) -> None:
+        """Cheap checks before any model is loaded; :class:`PlanError` names the bad value."""
+        from hwsearch.plan import PATTERN_NAMES
+
+        if self.rounds < 1 or self.trials < 1 or self.measure_top_k < 0:
+            raise PlanError(f"rounds ({self.rounds}) and trials ({self.trials}) must be >= 1 and "
+                            f"measure_top_k ({self.measure_top_k}) >= 0")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise PlanError(f"max_ratio {self.max_ratio} out of range: give 0 < max_ratio < 1")
+        if not 0.0 <= self.min_density < 1.0:
+            raise PlanError(f"min_density {self.min_density} out of range: give 0 <= min_density < 1")
+        bad = sorted(set(self.patterns) - set(PATTERN_NAMES))
+        if bad:
+            raise PlanError(f"unknown patterns {bad}; valid: {', '.join(PATTERN_NAMES)}")
+        for name in ("latency_budget_s", "flash_budget_bytes", "sram_budget_bytes"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise PlanError(f"{name} {v} must be positive")
+        if self.channel_multiple < 1:
+            raise PlanError(f"channel_multiple {self.channel_multiple} must be >= 1")
+
 
 @dataclass
 class RoundResult:
@@ -199,18 +220,20 @@ def fit_cost_model(target: TargetSpec, graph: ModelGraph, recs: list[dict],
 def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, show_bars: bool = False) -> SearchResult:
     """Run (or resume) the refine loop described in the module docstring."""
     say = progress or (lambda msg: log.info(msg))
+    cfg.validate()
+    target = get_target(cfg.target)
+    from hwsearch import importance
+
+    importance.get(cfg.criterion)  # an unknown criterion fails here, before any work
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.rounds < 1 or cfg.trials < 1 or cfg.measure_top_k < 0:
-        raise PlanError("rounds and trials must be >= 1 and measure_top_k >= 0")
-    target = get_target(cfg.target)
+    storage = open_storage(cfg.storage_url())
     graph, data = _load_model_and_data(cfg)
     space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
                               min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0])
     for layer, why in (space.dropped or {}).items():
         for pat, reason in why.items():
             log.info("pattern %s not offered on %s: %s", pat, layer, reason)
-    storage = open_storage(cfg.storage_url())
     rec_path = out / "measurements.jsonl"
     cm_path = out / "costmodel.json"
     work_dir = out / f"tvm-{target.name}"  # one tuning database per target (records are keyed by kernel)
