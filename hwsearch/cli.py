@@ -227,10 +227,15 @@ def _cmd_export(a: argparse.Namespace) -> int:
     out = a.out or a.search_dir / f"export-{plan.key}"
     con = _console()
     con.print(f"exporting plan {plan.key} ({plan.describe()}) for {target.identity} to {out}")
+    import costmodels
+
+    cm = None
+    if (a.search_dir / "costmodel.json").exists() and target.identity == summary.get("target"):
+        cm = costmodels.CostModel.load(a.search_dir / "costmodel.json", target)
     manifest = export.bundle(graph, plan, target, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
                              min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
                              record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
-                             tvm_work_dir=a.search_dir / f"tvm-{target.name}")
+                             tvm_work_dir=a.search_dir / f"tvm-{target.name}", cost_model=cm)
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")

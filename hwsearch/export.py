@@ -58,7 +58,7 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
 def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_multiple: int = 8,
            min_density: float = 0.0, criterion: str = "magnitude", record: dict[str, Any] | None = None,
            predicted: dict[str, Any] | None = None, tvm_work_dir: Path | None = None,
-           compile_artifact: bool = True) -> dict[str, Any]:
+           compile_artifact: bool = True, cost_model: Any = None) -> dict[str, Any]:
     """Write the bundle for ``plan`` into ``out``; returns the manifest. A failed compile of the
     target artefact is recorded in the manifest (``artifacts.error``), not raised."""
     out = Path(out)
@@ -91,6 +91,25 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
             artifacts["tvm_target"] = dict(target.measure.get("tvm_target", {})) or "host default"
         except Exception as exc:  # a failed build is a record in the manifest
             errors.append(f"TVM build failed: {type(exc).__name__}: {exc}")
+    predicted = dict(predicted or {})
+    try:
+        import costmodels
+
+        cm = cost_model or costmodels.default_for(target)
+        cost = cm.predict(graph, plan, resolved=dec.resolved, allow_gaps=True)
+        predicted.update({"latency_s": predicted.get("latency_s", cost.latency_s), "model_latency_s": cost.latency_s,
+                          "latency_std_s": cost.latency_std_s, "flash_bytes": cost.flash_bytes,
+                          "sram_bytes": cost.sram_bytes, "instructions": cost.instructions,
+                          "coverage_gaps": list(cost.coverage_gaps), "costmodel": cm.identity})
+    except Exception as exc:  # a prediction failure must not stop the export
+        predicted["error"] = f"{type(exc).__name__}: {exc}"
+    mcu_info: dict[str, Any] | None = None
+    if compile_artifact and backend == "mcu-qemu":
+        try:
+            mcu_info = _export_mcu(folded, graph, dec, target, out / "mcu_c")
+            artifacts["mcu_c"] = "mcu_c"
+        except Exception as exc:  # recorded: the other artefacts stay usable
+            errors.append(f"MCU C export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     if errors:
         artifacts["error"] = "; ".join(errors)
     manifest = {
@@ -99,12 +118,14 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
         "target": target.identity, "plan_key": plan.key, "plan": plan.to_dict(),
         "channel_multiple": channel_multiple, "criterion": criterion,
         "input_shapes": [list(x.shape) for x in graph.example_inputs],
-        "predicted": predicted or {},
+        "predicted": predicted,
         "measured": {k: record.get(k) for k in ("latency_s", "latency_iqr_s", "latency_min_s", "latency_max_s",
                                                  "repeats", "number", "mode", "backend", "device", "date",
                                                  "versions", "tvm_target", "accuracy")} if record else None,
         "artifacts": artifacts, "versions": versions(),
     }
+    if mcu_info is not None:
+        manifest["mcu"] = mcu_info
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     np.save(out / "example_input.npy", graph.example_inputs[0].detach().numpy())
     np.save(out / "reference_output.npy", ref.detach().numpy())
@@ -195,12 +216,31 @@ def _run_tvm(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray | str:
     return out.numpy()
 
 
+def _export_mcu(folded: torch.nn.Module, graph: ModelGraph, dec: prune.Decisions, target: Any, out: Path) -> dict:
+    """C sources for a Cortex-M target: kernels, weights in each layer's format, buffer plan."""
+    from costmodels.memory import layer_storage
+    from costmodels.mcu_cost import mcu_fmt
+    from targets.mcu import codegen
+
+    res = dec.resolved
+    storage = layer_storage(res, "int8")
+    formats = {layer: {"fmt": mcu_fmt(str(r["pattern"]), str(storage.at[layer, "fmt"])), "n": int(r["n"]),
+                       "m": int(r["m"]), "block": tuple(r["block"])} for layer, r in res.iterrows()}
+    exp = codegen.export_graph(folded, graph.example_inputs[0], out, dtype="int8", formats=formats)
+    info = {"cpu": str(target.measure.get("qemu_cpu", "cortex-m4")), "dtype": "int8", "sources": "mcu_c"}
+    m = exp.manifest
+    for key in ("flash_bytes", "weight_bytes", "peak_sram_bytes", "arena_bytes", "scratch_bytes", "sram_bytes"):
+        if key in m:
+            info[key] = m[key]
+    return info
+
+
 def _verify_mcu(c_dir: Path, manifest: dict) -> str:
     from targets.mcu import codegen
 
     cpu = manifest.get("mcu", {}).get("cpu", "cortex-m4")
     r = codegen.build(c_dir, cpu, run=True)
-    err = getattr(r, "error", None)
-    if err:
-        return f"FAILED: {err}"
-    return f"ok (built with arm-none-eabi-gcc, ran in QEMU {cpu}: {r})"
+    if r.error or not r.ok:
+        return f"FAILED: {r.error}"
+    return (f"ok (arm-none-eabi-gcc build ran in QEMU {cpu}: {r.instructions} instructions per inference, "
+            f"max abs err {r.max_abs_err:.3g} vs the int8 reference, flash {r.text_bytes} B)")

@@ -62,3 +62,21 @@ def test_pick_plan_rule(tmp_path):
     assert export.pick_plan(d, plan_key="c")["plan_key"] == "c"
     with pytest.raises(Exception, match="was not measured"):
         export.pick_plan(d, plan_key="nope")
+
+
+def test_mcu_bundle_builds_and_runs_in_the_emulator(tmp_path):
+    import targets.mcu as mcu
+    from hwsearch.zoo import mnist1d_cnn_small
+
+    why = mcu.available()
+    if why:
+        pytest.skip(why)
+    model, x = mnist1d_cnn_small()
+    g = analyze(model, x)
+    plan = Plan({"pw": LayerChoice("channel", 0.5), "res1": LayerChoice("unstructured", 0.6)})
+    m = export.bundle(g, plan, get_target("cortex-m7"), tmp_path / "b")
+    assert "error" not in m["artifacts"], m["artifacts"]
+    assert m["predicted"]["instructions"] > 0 and m["predicted"]["flash_bytes"] > 0 and m["predicted"]["sram_bytes"] > 0
+    assert (tmp_path / "b" / "mcu_c" / "model.c").exists()
+    res = export.verify(tmp_path / "b")
+    assert res["mcu_c"].startswith("ok (arm-none-eabi-gcc build ran in QEMU cortex-m7"), res
