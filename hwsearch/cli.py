@@ -174,6 +174,9 @@ def _cmd_search(a: argparse.Namespace) -> int:
     con = _console()
     res = search(cfg, progress=lambda m: con.print(f"[dim]·[/dim] {escape(m)}"), show_bars=sys.stderr.isatty())
     _print_front(con, res)
+    notes = {r.get("latency_note") for rr in res.rounds for r in rr.measured if r.get("latency_note")}
+    for note in sorted(notes):
+        con.print(f"[yellow]measured latency = {escape(note)}[/yellow]")
     con.print(f"\nwrote to {res.out_dir}/:")
     for name, path in res.files.items():
         con.print(f"  {name:13s} {path}")
