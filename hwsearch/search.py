@@ -120,18 +120,31 @@ class SearchResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (``sqlite:///…``, ``postgresql://…``, or ``journal:<file>``
-    for a journal file). Raises :class:`StoreError` with the fix when it cannot be opened."""
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot open study storage {url!r}: {first[:200]} — check the URL, that the "
-                         "server is running and reachable, or that the file is an Optuna study") from None
+    for a journal file). Raises :class:`StoreError` with the fix when it cannot be opened.
+
+    Workers started together race to create the schema of an empty database (one gets a
+    unique-key violation): a failed open is retried a few times before it is reported."""
+    import time
+
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            if url.startswith("journal:"):
+                from optuna.storages.journal import JournalFileBackend, JournalStorage
+                return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+            kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:
+            last = exc
+            text = str(exc).lower()
+            if not any(k in text for k in ("unique", "duplicate", "already exists", "locked")):
+                break  # not a creation race: report at once
+            time.sleep(0.5 * (attempt + 1))
+    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise StoreError(f"cannot open study storage {url!r}: {first[:200]} — check the URL, that the "
+                     "server is running and reachable, or that the file is an Optuna study") from None
 
 
 class Evaluator:
