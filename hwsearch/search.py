@@ -317,8 +317,13 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
             picks = [] if DENSE_PLAN.key in measured_keys else [(DENSE_PLAN, dense_acc)]
             useful = front[front["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
+            seen = set().union(*[kernel_configs(s.resolved, target) for s in _samples(graph, recs, cfg)] or [set()])
+
+            def novelty(plan: Plan) -> int:
+                return len(kernel_configs(ev.decisions(plan).resolved, target) - seen)
+
             picks += _pick(useful if not useful.empty else front.sort_values("accuracy", ascending=False).head(1),
-                           measured_keys, cfg.measure_top_k)
+                           measured_keys, cfg.measure_top_k, novelty)
             study.set_user_attr(pick_key, [{"plan": p.to_dict(), "accuracy": a} for p, a in picks])
         todo = [(Plan.from_dict(d["plan"]), d["accuracy"]) for d in study.user_attrs[pick_key]]
         todo = [(p, a) for p, a in todo if p.key not in measured_keys]
@@ -409,14 +414,36 @@ def _front(study: optuna.Study) -> pd.DataFrame:
     return df.sort_values("predicted_latency_s").reset_index(drop=True)
 
 
-def _pick(front: pd.DataFrame, measured: set[str], k: int) -> list[tuple[Plan, float]]:
-    """Up to ``k`` unmeasured front plans spread evenly over predicted latency (most accurate
-    and fastest ends included)."""
-    cand = front[~front["plan_key"].isin(measured)]
+def kernel_configs(resolved: pd.DataFrame, target: TargetSpec) -> set[tuple]:
+    """The kernels a plan runs: (layer, kept in, kept out, kernel kind[, density]). A weight
+    pattern the target does not accelerate runs the dense kernel of its shape."""
+    out = set()
+    for layer, r in resolved.iterrows():
+        pat = str(r["pattern"])
+        if pat in ("dense", "channel") or not target.accelerates(pat):
+            out.add((layer, int(r["kept_in"]), int(r["kept_out"]), "dense"))
+        else:
+            out.add((layer, int(r["kept_in"]), int(r["kept_out"]), pat, round(float(r["weight_density"]), 2)))
+    return out
+
+
+def _pick(front: pd.DataFrame, measured: set[str], k: int,
+          novelty: Callable[[Plan], int] | None = None) -> list[tuple[Plan, float]]:
+    """Up to ``k`` unmeasured front plans: the front (by predicted latency) is cut into ``k``
+    equal runs — merit spread from the most accurate to the fastest end — and in each run the
+    plan with the most kernels the cost model has never seen measured (``novelty``, its
+    uncertainty) is taken, so each round's measurements teach the model most."""
+    cand = front[~front["plan_key"].isin(measured)].reset_index(drop=True)
     if k <= 0 or cand.empty:
         return []
-    idx = sorted(set(np.linspace(0, len(cand) - 1, num=min(k, len(cand))).round().astype(int)))
-    return [(Plan.from_dict(cand.iloc[i]["plan"]), float(cand.iloc[i]["accuracy"])) for i in idx]
+    plans = [Plan.from_dict(p) for p in cand["plan"]]
+    nov = [novelty(p) if novelty else 0 for p in plans]
+    picks = []
+    for run in np.array_split(np.arange(len(cand)), min(k, len(cand))):
+        centre = run[len(run) // 2]
+        best = max(run, key=lambda i: (nov[i], -abs(i - centre)))
+        picks.append((plans[best], float(cand.iloc[best]["accuracy"])))
+    return picks
 
 
 def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target: TargetSpec) -> pd.DataFrame:

@@ -44,3 +44,17 @@ def test_sampling_is_deterministic_and_guard_reported(resdw):
     res = resolve(g.table, g.groups, plan, min_density=0.2)
     assert res.at["c2", "weight_density"] >= 0.2
     assert any(r.startswith("c2:") for r in sp.guard_report(res))
+
+
+def test_pick_prefers_plans_with_unmeasured_kernels_within_each_run_of_the_front():
+    import pandas as pd
+
+    from hwsearch.search import _pick
+
+    front = pd.DataFrame({"plan_key": list("abcdef"), "accuracy": [0.9, 0.89, 0.88, 0.8, 0.7, 0.6],
+                          "plan": [{"l": {"pattern": "channel", "ratio": r}} for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]})
+    novelty = {"a": 0, "b": 3, "c": 1, "d": 0, "e": 0, "f": 2}
+    key_of = {Plan.from_dict(p).key: k for k, p in zip(front["plan_key"], front["plan"])}
+    picks = _pick(front, measured=set(), k=2, novelty=lambda p: novelty[key_of[p.key]])
+    assert [key_of[p.key] for p, _ in picks] == ["b", "f"]        # most novel in each half
+    assert _pick(front, measured=set(front["plan_key"]), k=2) == []
