@@ -261,6 +261,13 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         # The model used in round r is the one fitted on measurements of rounds < r.
         cm, _ = fit_cost_model(target, graph, [r for r in recs if r.get("round", 0) < rnd], cfg)
         ev = Evaluator(graph, data, target, cm, cfg)
+
+        def pricer_for(model: costmodels.CostModel):
+            from costmodels.batch import BatchPricer
+
+            return BatchPricer(graph, target, model, channel_multiple=cfg.channel_multiple,
+                               min_density=cfg.min_density, dtype=getattr(model, "dtype", "fp32"),
+                               nm=space.nm, block=space.block)
         try:
             study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"],
                                         sampler=_sampler(cfg, constrained), load_if_exists=True)
@@ -281,27 +288,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         say(f"round {rnd}: worker {cfg.worker!r} has {len(finished)} trials in study {name!r}, running "
             f"{max(0, remaining)} more on cost model {cm.identity}")
 
-        def objective(trial: optuna.Trial) -> tuple[float, float]:
-            trial.set_user_attr("worker", cfg.worker)
-            plan = space.suggest(trial)
-            dec = ev.decisions(plan)
-            cost = ev.cost(plan, dec)
-            acc = ev.accuracy(dec)
-            trial.set_user_attr("plan", plan.to_dict())
-            trial.set_user_attr("plan_key", plan.key)
-            trial.set_user_attr("predicted_latency_s", cost.latency_s)
-            trial.set_user_attr("latency_std_s", cost.latency_std_s)
-            trial.set_user_attr("flash_bytes", cost.flash_bytes)
-            trial.set_user_attr("sram_bytes", cost.sram_bytes)
-            trial.set_user_attr("constraints", ev.violations(cost))
-            guard = space.guard_report(dec.resolved)
-            if guard:
-                trial.set_user_attr("collapse_guard", guard)
-            return acc, cost.latency_s
-
         if remaining > 0:
-            study.optimize(objective, n_trials=remaining, show_progress_bar=show_bars,
-                           catch=(PlanError,))
+            _run_trials(study, space, ev, pricer_for(cm), remaining, cfg, show_bars)
         front = _front(study)
         if constrained and not front["feasible"].any():
             say(f"round {rnd}: no plan met the budgets — {_closest_to_budgets(study, cfg)}; the front below is "
@@ -365,6 +353,50 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                                                    not_offered=space.dropped or {})
     result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
     return result
+
+
+def _run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any, n: int, cfg: SearchConfig,
+                show_bars: bool) -> None:
+    """``n`` trials through Optuna's ask/tell in batches of one NSGA-II population: the batch's
+    plans are priced together by the vectorised :class:`~costmodels.batch.BatchPricer` (the
+    fast path; it gives the same numbers as ``CostModel.predict``), then each is evaluated for
+    accuracy and told. A plan the model or space rejects is a FAIL trial, not a crash."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc="trials", disable=not show_bars, leave=False)
+    batch = 20
+    while n > 0:
+        trials = [study.ask() for _ in range(min(batch, n))]
+        n -= len(trials)
+        ready = []
+        for t in trials:
+            t.set_user_attr("worker", cfg.worker)
+            try:
+                plan = space.suggest(t)
+                ready.append((t, plan, ev.decisions(plan)))
+            except PlanError as exc:
+                t.set_user_attr("error", str(exc))
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+                bar.update()
+        prices = pricer.price_plans([p for _, p, _ in ready]) if ready else {}
+        for i, (t, plan, dec) in enumerate(ready):
+            lat = float(prices["latency_s"][i])
+            flash, sram = int(prices["flash_bytes"][i]), int(prices["sram_bytes"][i])
+            violations = ev.violations(costmodels.Cost(lat, lat * ev.cm.relative_std(), flash, sram,
+                                                       pd.DataFrame(), (), ev.cm.identity))
+            t.set_user_attr("plan", plan.to_dict())
+            t.set_user_attr("plan_key", plan.key)
+            t.set_user_attr("predicted_latency_s", lat)
+            t.set_user_attr("latency_std_s", lat * ev.cm.relative_std())
+            t.set_user_attr("flash_bytes", flash)
+            t.set_user_attr("sram_bytes", sram)
+            t.set_user_attr("constraints", violations)
+            guard = space.guard_report(dec.resolved)
+            if guard:
+                t.set_user_attr("collapse_guard", guard)
+            study.tell(t, [ev.accuracy(dec), lat])
+            bar.update()
+    bar.close()
 
 
 def _fail_stale(study: optuna.Study, mine: list[optuna.trial.FrozenTrial]) -> None:
