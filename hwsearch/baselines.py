@@ -296,10 +296,11 @@ def netadapt(graph: ModelGraph, evaluator: PlanEvaluator, cost_model: CostModel,
 # ---- random search -------------------------------------------------------------------------------
 def random_search(space: SearchSpace, evaluator: PlanEvaluator, n: int, seed: int = 0, *,
                   latency_budget_s: float | None = None, max_draws: int = 100_000,
-                  nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> BaselineRun:
+                  nm: tuple[int, int] | None = None, block: tuple[int, int] | None = None) -> BaselineRun:
     """``n`` plans drawn uniformly from ``space`` (per layer: a pattern among its allowed ones,
     a ratio on its grid ``0, step, …, max_ratio`` — the distribution of
     :meth:`SearchSpace.suggest` under Optuna's random sampler), scored like search trials.
+    N:M and block shapes default to the space's (``space.nm`` / ``space.block``).
 
     Plans ``resolve`` refuses are redrawn. With ``latency_budget_s`` only plans the
     evaluator's cost model prices within it are kept (drawn in batches and priced with
@@ -309,6 +310,8 @@ def random_search(space: SearchSpace, evaluator: PlanEvaluator, n: int, seed: in
     if n < 1:
         raise PlanError(f"n must be >= 1, got {n}")
     t0 = time.perf_counter()
+    nm = tuple(nm or getattr(space, "nm", (2, 4)))
+    block = tuple(block or getattr(space, "block", (1, 4)))
     rng = np.random.default_rng(seed)
     pricer = BatchPricer(space.graph, evaluator.cm.target, evaluator.cm,
                          channel_multiple=int(evaluator.cfg.channel_multiple),
