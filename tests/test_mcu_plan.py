@@ -170,3 +170,11 @@ def test_a_failing_layer_is_a_record_and_the_rest_are_measured() -> None:
                                 {"op": "linear", "weight": w, "x": _rand(16, 1)}], cpu="cortex-m4")
     assert rows[0].error and "not 2:4" in rows[0].error
     assert rows[1].ok
+
+
+def test_conv1d_geometry_takes_pytorch_1_tuples() -> None:
+    from targets.mcu._layers import geometry, scratch_bytes
+
+    g = geometry("conv1d", (8, 4, 3), (4, 20), stride=(2,), padding=(1,))   # as nn.Conv1d keeps them
+    assert (g.stride_w, g.pad_w, g.out_w) == (2, 1, 10)
+    assert scratch_bytes(g, "int8") == 3 * 4 + 8

@@ -13,7 +13,8 @@ predicted-vs-measured plot and ``README.md`` next to this file.
     python studies/mcu_fidelity/run.py --layers 24,24,14,14 --extra 9,9,8 --dtypes int8,fp32 \
         --ship --out /tmp/mcu_ship                     # the shipped costmodels/data/ files (~15 min)
 
-``--ship`` writes ``costmodels/data/mcu_counts_cortex_m4.csv`` / ``_m7.csv`` (all rows, with
+Run it from the repository root with ``PYTHONPATH=.`` when hwsearch is installed in editable mode
+from another checkout. ``--ship`` writes ``costmodels/data/mcu_counts_cortex_m4.csv`` / ``_m7.csv`` (all rows, with
 provenance columns) and ``costmodels/data/mcu_model.json`` (fitted on all of them).
 """
 from __future__ import annotations

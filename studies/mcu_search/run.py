@@ -21,6 +21,9 @@ and the chosen plans measured in the emulator.
 Writes ``plans.csv`` (one row per measured plan), ``layers.csv`` (one row per plan and layer),
 ``measurements.jsonl`` (the search's records) and ``README.md`` next to this file; the search
 directory (Optuna storage, cost models per round, Pareto plot) goes to ``--work``.
+
+Run it from the repository root with ``PYTHONPATH=.`` when hwsearch is installed in editable mode
+from another checkout (a script's own directory, not the working directory, is on ``sys.path``).
 """
 from __future__ import annotations
 
@@ -85,7 +88,28 @@ def _export(folded, example, formats: dict, work: Path, cpu: str, depthwise_kern
             "max_abs_err_vs_reference": res.max_abs_err}
 
 
-def analyse_plans(recs: list[dict], graph, example, target, cfg, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def candidates(recs: list[dict], work: Path) -> list[dict]:
+    """The plans the search chose: those it measured (its records, dense first) and every plan of
+    its last-round Pareto front (``pareto.csv``), each once."""
+    out, seen = [], set()
+    for rec in recs:
+        if rec["plan_key"] not in seen:
+            seen.add(rec["plan_key"])
+            out.append({"plan_key": rec["plan_key"], "plan": rec["plan"], "round": rec.get("round"),
+                        "accuracy": rec.get("accuracy"), "source": "measured by the search", "rec": rec,
+                        "round_predicted_latency_s": rec.get("predicted_latency_s")})
+    front = pd.read_csv(work / "pareto.csv") if (work / "pareto.csv").exists() else pd.DataFrame()
+    for _, r in front.iterrows():
+        if r["plan_key"] in seen:
+            continue
+        seen.add(r["plan_key"])
+        out.append({"plan_key": r["plan_key"], "plan": json.loads(r["plan"]), "round": None,
+                     "accuracy": float(r["accuracy"]), "source": "last-round Pareto front", "rec": None,
+                     "round_predicted_latency_s": float(r["predicted_latency_s"])})
+    return out
+
+
+def analyse_plans(cands: list[dict], graph, example, target, cfg, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     import costmodels
     from hwsearch import prune
     from hwsearch.plan import Plan
@@ -95,11 +119,11 @@ def analyse_plans(recs: list[dict], graph, example, target, cfg, work: Path) -> 
     cpi, clock = target.figure("compute", "cpi"), target.figure("compute", "clock_hz")
     shipped = costmodels.default_for(target)
     plan_rows, layer_rows = [], []
-    for i, rec in enumerate(recs):
-        if rec.get("error") or rec.get("instructions") is None:
-            log.warning("plan %s was not measured by the search: %s", rec.get("plan_key"), rec.get("error"))
-            continue
-        plan = Plan.from_dict(rec["plan"])
+    for i, cand in enumerate(cands):
+        rec = cand["rec"] or {}
+        if cand["rec"] is not None and (rec.get("error") or rec.get("instructions") is None):
+            log.warning("the search's measurement of %s failed: %s", cand["plan_key"], rec.get("error"))
+        plan = Plan.from_dict(cand["plan"])
         dec = prune.decide(graph, plan, criterion=cfg.criterion, channel_multiple=cfg.channel_multiple,
                            min_density=cfg.min_density)
         folded = prune.apply(graph, dec, mode="fold")
@@ -116,7 +140,7 @@ def analyse_plans(recs: list[dict], graph, example, target, cfg, work: Path) -> 
         for d, m in zip(layers, own):
             name = d["name"]
             layer_rows.append({
-                "plan_key": rec["plan_key"], "round": rec.get("round"), "layer": name,
+                "plan_key": cand["plan_key"], "round": cand["round"], "layer": name,
                 "choice": json.dumps(plan.get_choice(name).to_dict(), sort_keys=True), "op": d["op"], "fmt": d["fmt"],
                 "weight_shape": "x".join(map(str, d["weight"].shape)), "density": round(m.density, 4),
                 "predicted_instructions": round(float(pred_layer[name])),
@@ -130,10 +154,10 @@ def analyse_plans(recs: list[dict], graph, example, target, cfg, work: Path) -> 
         measured = sum(m.instructions for m in own if m.ok) if all(m.ok for m in own) else None
         predicted = float(np.nansum(list(pred_layer.values())))
         plan_rows.append({
-            "plan_key": rec["plan_key"], "round": rec.get("round"), "plan": plan.describe(),
-            "accuracy": rec.get("accuracy"),
+            "plan_key": cand["plan_key"], "source": cand["source"], "round": cand["round"],
+            "plan": plan.describe() or "dense", "accuracy": cand["accuracy"],
             "predicted_instructions": round(predicted),
-            "round_model_predicted_instructions": round(float(rec["predicted_latency_s"]) * clock / cpi),
+            "round_model_predicted_instructions": round(float(cand["round_predicted_latency_s"]) * clock / cpi),
             "search_measured_instructions": rec.get("instructions"),
             "measured_instructions": measured,
             "rel_err": (predicted - measured) / measured if measured else None,
@@ -153,7 +177,10 @@ def analyse_plans(recs: list[dict], graph, example, target, cfg, work: Path) -> 
             "within_flash_budget": cost.flash_bytes <= (cfg.flash_budget_bytes or np.inf),
             "within_sram_budget": cost.sram_bytes <= (cfg.sram_budget_bytes or np.inf),
         })
-    return pd.DataFrame(plan_rows), pd.DataFrame(layer_rows)
+    plans, layers = pd.DataFrame(plan_rows), pd.DataFrame(layer_rows)
+    for df in (plans, layers):
+        df["round"] = df["round"].astype("Int64")
+    return plans, layers
 
 
 def markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -162,14 +189,63 @@ def markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = list(df.columns)
     out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, float) and not np.isnan(v) else ("" if v is None or
-                 (isinstance(v, float) and np.isnan(v)) else str(v)) for v in r]
+        cells = [format(v, floatfmt) if isinstance(v, float) and not np.isnan(v) else ("" if v is None or v is pd.NA
+                 or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in r]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
+def dense_fit_note(args, dense: dict, plans: pd.DataFrame) -> str:
+    flash_b, sram_b = args.flash_budget_kb * 1024, args.sram_budget_kb * 1024
+    row = plans[plans["plan"] == "dense"]
+    note = (f"By the cost model the dense model exceeds the flash budget ({dense['flash_bytes']} B > {flash_b:.0f} B)"
+            f"{' and the SRAM budget' if dense['sram_bytes'] > sram_b else ''}.")
+    if len(row):
+        r = row.iloc[0]
+        note += (f" Exported, it links to {int(r['export_model_flash_bytes'])} B of flash and plans "
+                 f"{int(r['export_peak_sram_bytes'])} B of SRAM (arena + scratch)"
+                 + (" — within the SRAM budget: only flash excludes it" if r["export_peak_sram_bytes"] <= sram_b else "")
+                 + ".")
+    return note
+
+
+def findings(ok: pd.DataFrame, layers: pd.DataFrame) -> list[str]:
+    """Computed observations for the README."""
+    if ok.empty:
+        return ["(no plan measured)"]
+    glue = ok["export_glue_instructions"] / ok["export_grouped_instructions"]
+    dw = layers[layers["layer"] == "dw"].dropna(subset=["export_dw_instructions", "export_grouped_instructions"])
+    dw_ratio = dw["export_grouped_instructions"] / dw["export_dw_instructions"]
+    saved = (ok["export_grouped_instructions"] - ok["export_dw_instructions"]) / ok["export_grouped_instructions"]
+    code = ok["export_model_flash_bytes"] - ok["predicted_flash_bytes"]
+    sram = ok["export_peak_sram_bytes"] - ok["predicted_sram_bytes"]
+    dense = ok[ok["plan"] == "dense"]
+    out = [
+        f"* **Kernels are priced to within {ok['rel_err'].abs().max():.1%}** of the emulator on every plan "
+        "(the instruction model is linear in exact loop-event counts; see `studies/mcu_fidelity`).",
+        f"* **Glue is not priced**: the residual add, the mean pooling and the calls between ops are "
+        f"{glue.min():.1%}–{glue.max():.1%} of a whole `model_run` (`export_glue_instructions`); the `mcu` cost "
+        "model counts kernels only (its `overhead` is 0).",
+        f"* **The depthwise conv1d is priced (and measured by the search) as a grouped conv1d** — one one-row "
+        f"matrix-vector call per channel and output position. On the depthwise kernel (`dwconv2d`, height 1) the same layer "
+        f"takes {dw_ratio.min():.1f}–{dw_ratio.max():.1f}x fewer instructions (`export_dw_instructions`), "
+        f"{saved.min():.0%}–{saved.max():.0%} of the whole model.",
+        f"* **Flash**: the linked model (code and const data of `model_run`, kernels, ops, weights) is "
+        f"{code.min()}–{code.max()} B more than the predicted weight storage, the kernel code; the flash "
+        "budget prices weights, biases and requantisation parameters only.",
+        f"* **SRAM**: the export's planned arena + scratch minus the prediction: {sram.min():+d} to {sram.max():+d} B"
+        + (f" (dense: {int(dense['predicted_sram_bytes'].iloc[0])} B predicted, "
+           f"{int(dense['export_peak_sram_bytes'].iloc[0])} B planned: the prediction counts BatchNorm and ReLU "
+           "outputs as tensors of their own, the export folds them and adds in place)" if len(dense) else "")
+        + ". The search ran before a fix in `targets.mcu` let the cost model see conv1d scratch (im2col) buffers "
+          "(1-tuple strides were rejected, so scratch counted 8 B instead of 200 B); with 200 B every plan it found "
+          "stays within the SRAM budget, and the predictions above include it.",
+    ]
+    return out
+
+
 def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.DataFrame, target,
-                 elapsed_s: float, versions: dict) -> None:
+                 search_s: float, analyse_s: float, versions: dict) -> None:
     from costmodels.base import fidelity
 
     ok = plans.dropna(subset=["measured_instructions"])
@@ -178,7 +254,9 @@ def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.
     lok = layers.dropna(subset=["measured_instructions"])
     lfid = fidelity(lok["predicted_instructions"].to_numpy(float), lok["measured_instructions"].to_numpy(float)) \
         if len(lok) else {}
-    same = bool((ok["search_measured_instructions"] == ok["measured_instructions"]).all()) if len(ok) else False
+    by_search = ok.dropna(subset=["search_measured_instructions"])
+    same = bool((by_search["search_measured_instructions"] == by_search["measured_instructions"]).all()) \
+        if len(by_search) else False
     tab = ok[["round", "plan", "accuracy", "predicted_instructions", "measured_instructions", "rel_err",
               "export_grouped_instructions", "export_glue_instructions", "export_dw_instructions", "predicted_flash_bytes",
               "export_model_flash_bytes", "predicted_sram_bytes", "export_peak_sram_bytes"]].copy()
@@ -189,8 +267,15 @@ def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.
     cpi, clock = target.figure("compute", "cpi"), target.figure("compute", "clock_hz")
     lines = [
         "# Search on the Cortex-M7 under flash and SRAM budgets", "",
-        f"Command: `python studies/mcu_search/run.py {' '.join(sys.argv[1:])}` ({elapsed_s:.0f} s on this machine, "
-        f"2 cores). Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.", "",
+        f"Command: `python studies/mcu_search/run.py` (search {search_s:.0f} s, analysis {analyse_s:.0f} s on this "
+        f"machine, 2 cores shared with other jobs; `--reuse` re-analyses a finished search). Search: "
+        f"`hwsearch.search.search(SearchConfig(target={args.target!r}, patterns={args.patterns!r}, rounds={args.rounds}, "
+        f"trials={args.trials}, measure_top_k={args.top_k}, finetune_steps={args.finetune_steps}, "
+        f"max_accuracy_drop={args.max_accuracy_drop}, flash_budget_bytes={int(args.flash_budget_kb * 1024)}, "
+        f"sram_budget_bytes={int(args.sram_budget_kb * 1024)}, seed={args.seed}))` — the same as `hwsearch search "
+        f"--target {args.target} --model {args.model} --flash-budget-kb {args.flash_budget_kb:g} --sram-budget-kb "
+        f"{args.sram_budget_kb:g} --patterns {args.patterns} --rounds {args.rounds} --trials {args.trials} "
+        f"--measure-top-k {args.top_k} --finetune-steps {args.finetune_steps}`. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.", "",
         "## Budgets", "",
         f"The dense int8 reference model (`{args.model}`), priced by the `mcu` cost model on `{target.identity}`: "
         f"**{dense['flash_bytes']} B flash** (weights, int32 biases, requantisation parameters), **{dense['sram_bytes']} B "
@@ -200,8 +285,13 @@ def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.
         f"over, so the study uses tighter budgets — a slice of the chip left to the model by an application: "
         f"**flash {args.flash_budget_kb} KiB** ({args.flash_budget_kb * 1024 / dense['flash_bytes']:.0%} of dense) and "
         f"**SRAM {args.sram_budget_kb} KiB** ({args.sram_budget_kb * 1024 / dense['sram_bytes']:.0%} of dense). "
-        "The dense model fits neither.", "",
-        "## Predicted vs measured (the plans the search measured)", "",
+        + dense_fit_note(args, dense, plans), "",
+        "## Predicted vs measured (the plans the search chose)", "",
+        f"The plans: the {len(by_search)} the search measured itself (round 1: the dense model and its pick; its "
+        f"picks are front plans within {args.max_accuracy_drop:g} of dense accuracy, else the most accurate one, so "
+        "round 2 added none) and every other plan of the last round's feasible Pareto front (`round` empty). "
+        f"Accuracy: MNIST-1D validation after {args.finetune_steps} fine-tune steps per trial (the search's "
+        "objective).", "",
         "`predicted`: the shipped instruction model (`costmodels/data/mcu_model.json`) summed over the layers; "
         "`measured`: every folded layer built and run alone in QEMU (`-icount`, exact executed instructions) with "
         "`targets.mcu.plan.measure_plan_layers`, summed"
@@ -216,6 +306,8 @@ def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.
         f"{fid.get('mape', float('nan')):.2%}, Kendall τ {fid.get('kendall_tau', float('nan')):.3f}); per layer: "
         f"{lfid.get('within10', float('nan')):.0%} within ±10 %, {lfid.get('within5', float('nan')):.0%} within ±5 % "
         f"(n = {len(lok)}, mean abs. error {lfid.get('mape', float('nan')):.2%}).", "",
+        "## What the measurements say", "",
+        *findings(ok, layers), "",
         "Per layer:", "", markdown(per_layer), "",
         "Files: `plans.csv` (every column, including accuracy, the round's refit prediction, glue instructions, "
         "int8-vs-PyTorch error, budget checks), `layers.csv`, `measurements.jsonl` (the search's records with "
@@ -240,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/hwsearch-mcu-search"))
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--reuse", action="store_true", help="analyse the search already in --work (no new search)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("optuna", "torch_pruning"):
@@ -269,16 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     if dense["flash_bytes"] <= flash_b and dense["sram_bytes"] <= sram_b:
         print(f"the dense model fits the budgets ({dense}); give tighter --flash-budget-kb / --sram-budget-kb")
         return 2
-    if args.work.exists():
-        shutil.rmtree(args.work)
     cfg = SearchConfig(out_dir=args.work, target=args.target, model=args.model, rounds=args.rounds,
                        trials=args.trials, measure_top_k=args.top_k, finetune_steps=args.finetune_steps,
                        max_accuracy_drop=args.max_accuracy_drop,
                        patterns=tuple(args.patterns.split(",")), seed=args.seed,
                        flash_budget_bytes=flash_b, sram_budget_bytes=sram_b)
-    result = search(cfg, progress=lambda msg: log.info(msg))
+    timing = args.work / "mcu_search_timing.json"
+    if not args.reuse:
+        if args.work.exists():
+            shutil.rmtree(args.work)
+        search(cfg, progress=lambda msg: log.info(msg))
+        timing.write_text(json.dumps({"search_s": time.perf_counter() - t0}))
+    search_s = json.loads(timing.read_text())["search_s"] if timing.exists() else float("nan")
     recs = records.load(args.work / "measurements.jsonl")
-    plans, layers = analyse_plans(recs, graph, example, target, cfg, args.work)
+    t1 = time.perf_counter()
+    plans, layers = analyse_plans(candidates(recs, args.work), graph, example, target, cfg, args.work)
     args.out.mkdir(parents=True, exist_ok=True)
     plans.to_csv(args.out / "plans.csv", index=False)
     layers.to_csv(args.out / "layers.csv", index=False)
@@ -286,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     versions = {**mcu.tool_versions(), "torch": torch.__version__, "optuna": optuna.__version__}
-    write_readme(args.out / "README.md", args, dense, plans, layers, target, time.perf_counter() - t0, versions)
-    front = result.front
-    print(f"measured {len(plans)} plans; front of the last round: {0 if front is None else len(front)} plans")
+    write_readme(args.out / "README.md", args, dense, plans, layers, target, search_s, time.perf_counter() - t1,
+                 versions)
+    print(f"analysed {len(plans)} plans")
     print(plans[["round", "plan", "predicted_instructions", "measured_instructions", "rel_err",
                  "predicted_flash_bytes", "predicted_sram_bytes"]].to_string())
     return 0

@@ -16,8 +16,10 @@ OPS = ("linear", "conv1d", "conv2d", "dwconv2d")
 DTYPES = ("int8", "fp32")
 
 
-def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
+        if len(v) == 1:  # a conv1d's stride/padding as PyTorch keeps them: (s,)
+            return int(v[0]), int(v[0])
         if len(v) != 2:
             raise ValueError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
