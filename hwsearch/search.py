@@ -304,14 +304,20 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         if pick_key not in study.user_attrs:
             dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
             picks = [] if DENSE_PLAN.key in measured_keys else [(DENSE_PLAN, dense_acc)]
-            useful = front[front["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
+            unmeasured = front[~front["plan_key"].isin(measured_keys)]
+            useful = unmeasured[unmeasured["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
+            if len(useful) < cfg.measure_top_k:
+                # too few plans near dense accuracy: top up with the most accurate of the rest,
+                # so every round still measures (and teaches the model) k plans
+                rest = unmeasured.drop(useful.index).sort_values("accuracy", ascending=False)
+                useful = pd.concat([useful, rest.head(cfg.measure_top_k - len(useful))]).sort_values(
+                    "predicted_latency_s")
             seen = set().union(*[kernel_configs(s.resolved, target) for s in _samples(graph, recs, cfg)] or [set()])
 
             def novelty(plan: Plan) -> int:
                 return len(kernel_configs(ev.decisions(plan).resolved, target) - seen)
 
-            picks += _pick(useful if not useful.empty else front.sort_values("accuracy", ascending=False).head(1),
-                           measured_keys, cfg.measure_top_k, novelty)
+            picks += _pick(useful, measured_keys, cfg.measure_top_k, novelty)
             study.set_user_attr(pick_key, [{"plan": p.to_dict(), "accuracy": a} for p, a in picks])
         todo = [(Plan.from_dict(d["plan"]), d["accuracy"]) for d in study.user_attrs[pick_key]]
         todo = [(p, a) for p, a in todo if p.key not in measured_keys]
