@@ -10,7 +10,7 @@ import numpy as np
 from ._formats import PackedMatrix, pack
 
 __all__ = ["OPS", "DTYPES", "LayerGeom", "geometry", "weight_matrices", "pack_layer", "AsmData", "as_conv2d_depthwise",
-           "mat_initializer", "conv_initializer", "c_type", "scratch_bytes", "prune_to_format"]
+           "mat_initializer", "conv_initializer", "c_array", "c_type", "scratch_bytes", "prune_to_format"]
 
 OPS = ("linear", "conv1d", "conv2d", "dwconv2d")
 DTYPES = ("int8", "fp32")
@@ -191,6 +191,19 @@ def as_conv2d_depthwise(weight: np.ndarray, x: np.ndarray, stride, padding
         xa = xa[0]
     return (w.reshape(w.shape[0], 1, 1, w.shape[-1]), xa.reshape(xa.shape[0], 1, xa.shape[-1]),
             (1, last(stride)), (0, last(padding)))
+
+
+def c_array(ctype: str, name: str, arr: np.ndarray, per_line: int = 24) -> str:
+    """A ``const`` C array definition (8-byte aligned) holding ``arr`` flattened."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.dtype == np.float32:
+        vals = [repr(float(v)) + "f" if np.isfinite(v) else "0.0f" for v in flat]
+    else:
+        vals = [str(int(v)) for v in flat]
+    if not vals:
+        vals = ["0"]
+    body = ",\n".join("    " + ", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line))
+    return f"const {ctype} {name}[{max(flat.size, 1)}] __attribute__((aligned(8))) = {{\n{body}\n}};\n"
 
 
 def c_type(arr: np.ndarray) -> str:

@@ -54,7 +54,7 @@ import numpy as np
 
 from . import _toolchain as tc
 from ._formats import FORMATS
-from ._layers import (OPS, LayerGeom, conv_initializer, geometry, mat_initializer, pack_layer,
+from ._layers import (OPS, LayerGeom, c_array, c_type, conv_initializer, geometry, mat_initializer, pack_layer,
                       scratch_bytes)
 from ._graph import GRAPH_KIND, export_graph
 from ._reference import (quantize_symmetric, reference_acc, reference_fp32, requant_from_real,
@@ -129,22 +129,6 @@ class BuildResult:
     model_flash_bytes: int | None = None
     #: graph exports: largest |emulator output (dequantised) - PyTorch output|
     torch_max_abs_err: float | None = None
-
-
-def _c_array(ctype: str, name: str, arr: np.ndarray, per_line: int = 24) -> str:
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    if flat.dtype == np.float32:
-        vals = [repr(float(v)) + "f" if np.isfinite(v) else "0.0f" for v in flat]
-    else:
-        vals = [str(int(v)) for v in flat]
-    if not vals:
-        vals = ["0"]
-    body = ",\n".join("    " + ", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line))
-    return f"const {ctype} {name}[{max(flat.size, 1)}] __attribute__((aligned(8))) = {{\n{body}\n}};\n"
-
-
-_CTYPE = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t",
-          np.dtype(np.uint32): "uint32_t", np.dtype(np.int32): "int32_t", np.dtype(np.float32): "float"}
 
 
 def _kernel_layout(op: str, a: np.ndarray) -> np.ndarray:
@@ -282,16 +266,16 @@ def export_c(layers: Sequence[ExportLayer], x: np.ndarray, out_dir: str | Path, 
             syms = {}
             for role, arr in pk.arrays.items():
                 sym = f"hw_{lname}_g{gi}_{role}"
-                wc.append(_c_array(_CTYPE[arr.dtype], sym, arr))
-                wh.append(f"extern const {_CTYPE[arr.dtype]} {sym}[{max(arr.size, 1)}];")
+                wc.append(c_array(c_type(arr), sym, arr))
+                wh.append(f"extern const {c_type(arr)} {sym}[{max(arr.size, 1)}];")
                 syms[role] = sym
                 wbytes += arr.nbytes
             mats.append(mat_initializer(pk, syms))
-        wc.append(_c_array(BT, f"hw_{lname}_bias", q["b"].astype(np.int32 if s8 else np.float32)))
+        wc.append(c_array(BT, f"hw_{lname}_bias", q["b"].astype(np.int32 if s8 else np.float32)))
         wh.append(f"extern const {BT} hw_{lname}_bias[{g.out_c}];")
         if s8:
-            wc.append(_c_array("int32_t", f"hw_{lname}_mult", q["mult"]))
-            wc.append(_c_array("int8_t", f"hw_{lname}_shift", q["shift"]))
+            wc.append(c_array("int32_t", f"hw_{lname}_mult", q["mult"]))
+            wc.append(c_array("int8_t", f"hw_{lname}_shift", q["shift"]))
             wh.append(f"extern const int32_t hw_{lname}_mult[{g.out_c}];")
             wh.append(f"extern const int8_t hw_{lname}_shift[{g.out_c}];")
             epi = (f"{{.mult = hw_{lname}_mult, .shift = hw_{lname}_shift, .out_zp = 0, "
@@ -395,7 +379,7 @@ int main(void)
     (out / "test" / "test_main.c").write_text(test_main)
     inp = np.load(out / "test" / "reference_input.npy")
     (out / "test" / "test_input.h").write_text(
-        "#include <stdint.h>\nstatic " + _c_array(T, "hw_test_input", inp.astype(np.int8 if s8 else np.float32)))
+        "#include <stdint.h>\nstatic " + c_array(T, "hw_test_input", inp.astype(np.int8 if s8 else np.float32)))
     manifest = {"schema_version": 1, "kind": "hwsearch-mcu-c-export", "dtype": dtype, "entry": f"{name}_run",
                 "layers": layer_info, "activation_buffer_elems": max_act, "scratch_bytes": max_scratch,
                 "ram_bytes": 2 * max_act * eb + max_scratch,
