@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from costmodels.base import Cost, CostModel, FitReport, fidelity
-from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
+from costmodels.memory import layer_storage
 
 __all__ = ["McuPlanModel", "mcu_op", "mcu_fmt", "layer_shape"]
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from hwsearch.graph import ModelGraph
 from hwsearch.plan import Plan
 
-__all__ = ["measure_model", "map_layer_timings", "versions"]
+__all__ = ["measure_model", "map_layer_timings", "match_by_size", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,34 @@ def versions() -> dict[str, str]:
     return out
 
 
+def match_by_size(numels: list[int], timed: list[dict]) -> list[float]:
+    """In execution order, the k-th weight takes the next kernel timing whose weight has the
+    same number of elements; NaN where none is left (never 0)."""
+    out: list[float] = []
+    pos = 0
+    for n in numels:
+        val = float("nan")
+        for j in range(pos, len(timed)):
+            if int(np.prod(timed[j]["weight_shape"])) == n:
+                val, pos = float(timed[j]["median_s"]), j + 1
+                break
+        out.append(val)
+    return out
+
+
 def map_layer_timings(graph: ModelGraph, folded: nn.Module, layers: list[dict]) -> dict[str, float]:
     """Assign per-kernel timings to the table's layers: by the torch parameter each kernel call
     consumes (``weight_name`` = ``"<layer>.weight"``) when the backend reports it, else in
     execution order by the weight's element count. Unmatched layers are left out (not zero)."""
     by_name = {str(t["weight_name"]).removesuffix(".weight"): float(t["median_s"])
                for t in layers if t.get("weight_name")}
+    if all(layer in by_name for layer in graph.table.index):
+        return {layer: by_name[layer] for layer in graph.table.index}
     mods = dict(folded.named_modules())
-    out: dict[str, float] = {}
-    pos = 0
-    timed = [t for t in layers if t.get("weight_shape")]
-    for layer in graph.table.index:
-        if layer in by_name:
-            out[layer] = by_name[layer]
-            continue
-        numel = mods[layer].weight.numel()
-        for j in range(pos, len(timed)):
-            if int(np.prod(timed[j]["weight_shape"])) == numel:
-                out[layer] = float(timed[j]["median_s"])
-                pos = j + 1
-                break
-    return out
+    sizes = match_by_size([mods[layer].weight.numel() for layer in graph.table.index],
+                          [t for t in layers if t.get("weight_shape")])
+    return {layer: by_name.get(layer, t) for layer, t in zip(graph.table.index, sizes)
+            if layer in by_name or t == t}
 
 
 def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir: Path, mode: str | None = None,

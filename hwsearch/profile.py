@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -27,7 +26,7 @@ import torch.nn as nn
 from hwsearch import prune
 from hwsearch.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.measure import measure_model
+from hwsearch.measure import match_by_size, measure_model
 from hwsearch.plan import LayerChoice, Plan, kept_channels
 
 __all__ = ["profile", "plot_profile"]
@@ -144,7 +143,7 @@ def profile(graph: ModelGraph, target: Any, *, work_dir: Path, ratios: tuple[flo
     by_cell = {str(t["weight_name"]): float(t["median_s"]) for t in timed if t.get("weight_name")}
     lat = [by_cell.get(f"cells.{i}.weight") for i in range(len(cells))]
     if any(v is None for v in lat):  # backend without parameter names: match in order by size
-        lat = _match([c.weight.numel() for c in cells], timed)
+        lat = match_by_size([c.weight.numel() for c in cells], timed)
     df = pd.DataFrame(rows)
     df["latency_s"] = lat
     macs = []
@@ -166,20 +165,6 @@ def profile(graph: ModelGraph, target: Any, *, work_dir: Path, ratios: tuple[flo
         "provenance": {k: res.get(k) for k in ("backend", "mode", "device", "versions", "date", "repeats", "tvm_target")},
     })
     return df
-
-
-def _match(numels: list[int], timed: list[dict]) -> list[float]:
-    """k-th cell ↔ next kernel timing consuming a weight with the cell's element count."""
-    out: list[float] = []
-    pos = 0
-    for n in numels:
-        val = float("nan")
-        for j in range(pos, len(timed)):
-            if int(np.prod(timed[j]["weight_shape"])) == n:
-                val, pos = float(timed[j]["median_s"]), j + 1
-                break
-        out.append(val)
-    return out
 
 
 def plot_profile(df: pd.DataFrame, path: Path, title: str) -> Path:

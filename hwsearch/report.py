@@ -97,7 +97,7 @@ def study_report(search_dir: Path, out: Path | None = None) -> dict[str, Path]:
     storage = open_storage(summary["storage"])
     study = optuna.load_study(study_name=summary["study"], storage=storage)
     recs = records.StudyRecords(storage, summary["config"]["study_name"]).load()
-    front = _front_with_measurements(_front(study), recs, type("T", (), {"identity": summary["target"]})())
+    front = _front_with_measurements(_front(study), recs, summary["target"])
     files: dict[str, Path] = {}
     csv = front.drop(columns=["plan"])
     csv.to_csv(out / "report_front.csv", index=False)

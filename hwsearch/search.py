@@ -13,7 +13,6 @@ is missing is done.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -30,7 +29,7 @@ import costmodels
 from costmodels.analytical import Sample
 from costmodels.base import FitReport, fidelity
 from hwsearch import prune, records, zoo
-from hwsearch.errors import HwsearchError, PlanError, StoreError
+from hwsearch.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph, analyze
 from hwsearch.measure import measure_model, plan_record
 from hwsearch.plan import Plan, resolve
@@ -171,16 +170,16 @@ class Evaluator:
     def cost(self, plan: Plan, dec: prune.Decisions) -> costmodels.Cost:
         return self.cm.predict(self.graph, plan, resolved=dec.resolved)
 
-    def violations(self, cost: costmodels.Cost) -> list[float]:
+    def violations(self, latency_s: float, flash_bytes: int, sram_bytes: int) -> list[float]:
         """Constraint values for Optuna (≤ 0 is feasible), relative to each budget."""
         c = self.cfg
         out = []
         if c.latency_budget_s is not None:
-            out.append(cost.latency_s / c.latency_budget_s - 1.0)
+            out.append(latency_s / c.latency_budget_s - 1.0)
         if c.flash_budget_bytes is not None:
-            out.append(cost.flash_bytes / c.flash_budget_bytes - 1.0)
+            out.append(flash_bytes / c.flash_budget_bytes - 1.0)
         if c.sram_budget_bytes is not None:
-            out.append(cost.sram_bytes / c.sram_budget_bytes - 1.0)
+            out.append(sram_bytes / c.sram_budget_bytes - 1.0)
         return out
 
 
@@ -353,7 +352,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                 f"within ±10%: {report.within10_before:.0%} -> {report.within10_after:.0%}")
         result.rounds.append(RoundResult(rnd, name, len(study.trials), new, report, heldout))
 
-    result.front = _front_with_measurements(front, recs, target)
+    result.front = _front_with_measurements(front, recs, target.identity)
     from hwsearch import report as report_mod
     result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target,
                                                    not_offered=space.dropped or {})
@@ -388,8 +387,7 @@ def _run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: 
         for i, (t, plan, dec) in enumerate(ready):
             lat = float(prices["latency_s"][i])
             flash, sram = int(prices["flash_bytes"][i]), int(prices["sram_bytes"][i])
-            violations = ev.violations(costmodels.Cost(lat, lat * ev.cm.relative_std(), flash, sram,
-                                                       pd.DataFrame(), (), ev.cm.identity))
+            violations = ev.violations(lat, flash, sram)
             t.set_user_attr("plan", plan.to_dict())
             t.set_user_attr("plan_key", plan.key)
             t.set_user_attr("predicted_latency_s", lat)
@@ -484,8 +482,8 @@ def _pick(front: pd.DataFrame, measured: set[str], k: int,
     return picks
 
 
-def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target: TargetSpec) -> pd.DataFrame:
-    meas = {r["plan_key"]: r for r in recs if r.get("target") == target.identity and not r.get("error")}
+def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target_identity: str) -> pd.DataFrame:
+    meas = {r["plan_key"]: r for r in recs if r.get("target") == target_identity and not r.get("error")}
     df = front.copy()
     df["measured_latency_s"] = [meas[k]["latency_s"] if k in meas else math.nan for k in df["plan_key"]]
     df["measured_iqr_s"] = [meas[k].get("latency_iqr_s") if k in meas else math.nan for k in df["plan_key"]]
