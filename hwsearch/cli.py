@@ -55,9 +55,13 @@ def _search_parser(sub) -> None:
     p.add_argument("--min-density", type=float, default=0.05, help="layer-collapse guard: minimum density per layer")
     p.add_argument("--channel-multiple", type=int, default=8, help="round kept channels to this multiple")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune steps per trial before evaluation")
+    p.add_argument("--bn-recalibration", type=int, default=8, help="training batches to re-estimate BatchNorm "
+                   "statistics of each pruned plan before scoring it (adaptive BN; 0: off); exports carry them")
     p.add_argument("--costmodel", type=Path, default=None, help="start from this saved cost model "
                    "(e.g. the lookup table written by `hwsearch profile`) instead of the analytical one")
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
+    p.add_argument("--polish-trials", type=int, default=40, help="with budgets: up to this many more trials per "
+                   "round of local search around the most accurate feasible plans (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", default="main", help="this worker's name: several workers on one --storage each "
                    "add --trials trials per round; rerunning a worker resumes its share")
@@ -165,7 +169,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
         mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
         patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
-        finetune_steps=a.finetune_steps, sampler=a.sampler, seed=a.seed, worker=a.worker, costmodel_path=a.costmodel,
+        finetune_steps=a.finetune_steps, bn_recalibration=a.bn_recalibration, sampler=a.sampler, seed=a.seed,
+        worker=a.worker, costmodel_path=a.costmodel, polish_trials=a.polish_trials,
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)
@@ -209,7 +214,7 @@ def _print_front(con, res) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from hwsearch import export, zoo
+    from hwsearch import export, recalibrate, zoo
     from hwsearch.errors import StoreError
     from hwsearch.graph import analyze
     from hwsearch.plan import Plan
@@ -224,9 +229,15 @@ def _cmd_export(a: argparse.Namespace) -> int:
     plan = Plan.from_dict(rec["plan"])
     target = get_target(a.target or cfg.get("target", "host-x86"))
     model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
-    if example is None:
-        example = zoo.load_data(cfg.get("data", zoo.REFERENCE[1])).example_input
+    data = None
+    n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
+    if example is None or n_bn > 0:
+        data = zoo.load_data(cfg.get("data", zoo.REFERENCE[1]))
+        example = data.example_input if example is None else example
     graph = analyze(model, example)
+    bn_batches = None
+    if n_bn > 0 and data is not None and data.x_train is not None:
+        bn_batches = recalibrate.calibration_batches(data, n_bn)
     out = a.out or a.search_dir / f"export-{plan.key}"
     con = _console()
     con.print(f"exporting plan {plan.key} ({plan.describe()}) for {target.identity} to {out}")
@@ -238,7 +249,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     manifest = export.bundle(graph, plan, target, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
                              min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
                              record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
-                             tvm_work_dir=a.search_dir / f"tvm-{target.name}", cost_model=cm)
+                             tvm_work_dir=a.search_dir / f"tvm-{target.name}", cost_model=cm, bn_batches=bn_batches)
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hwsearch import prune, records
+from hwsearch import prune, recalibrate, records
 from hwsearch.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
@@ -58,20 +59,31 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
 def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_multiple: int = 8,
            min_density: float = 0.0, criterion: str = "magnitude", record: dict[str, Any] | None = None,
            predicted: dict[str, Any] | None = None, tvm_work_dir: Path | None = None,
-           compile_artifact: bool = True, cost_model: Any = None) -> dict[str, Any]:
+           compile_artifact: bool = True, cost_model: Any = None,
+           bn_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, Any]:
     """Write the bundle for ``plan`` into ``out``; returns the manifest. A failed compile of the
-    target artefact is recorded in the manifest (``artifacts.error``), not raised."""
+    target artefact is recorded in the manifest (``artifacts.error``), not raised.
+
+    ``bn_batches`` (a function giving training batches) re-estimates the BatchNorm statistics of
+    the pruned model as the search's Evaluator did when it scored the plan
+    (:mod:`hwsearch.recalibrate`), so the bundle is the model whose accuracy was reported."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dec = prune.decide(graph, plan, criterion=criterion, channel_multiple=channel_multiple, min_density=min_density)
     folded = prune.apply(graph, dec, mode="fold").eval()
+    masked = prune.apply(graph, dec, mode="mask").eval()
+    bn_used = 0
+    if bn_batches is not None:
+        bn_used = recalibrate.recalibrate_bn(folded, bn_batches())
+        recalibrate.recalibrate_bn(masked, bn_batches())
     with torch.no_grad():
-        ref = prune.apply(graph, dec, mode="mask")(*graph.example_inputs)
+        ref = masked(*graph.example_inputs)
         got = folded(*graph.example_inputs)
     max_err = float((ref - got).abs().max())
     ep = torch.export.export(folded, graph.example_inputs)
     torch.export.save(ep, out / "model.pt2")
-    artifacts: dict[str, Any] = {"pytorch": "model.pt2", "fold_vs_mask_max_abs_err": max_err}
+    artifacts: dict[str, Any] = {"pytorch": "model.pt2", "fold_vs_mask_max_abs_err": max_err,
+                                 "bn_recalibration_batches": bn_used}
     errors: list[str] = []
     try:
         _export_onnx(folded, graph.example_inputs, out / "model.onnx")

@@ -2,7 +2,9 @@
 
 Round r is the Optuna study ``<study>-round<r>`` in one storage (a SQLite file in the output
 directory by default; any Optuna storage URL works). Trials are multi-objective (accuracy up,
-predicted latency down) with the budgets as constraints (feasible plans first). After the trials
+predicted latency down) with the budgets as constraints (feasible plans first); round 1 starts
+from uniform channel plans as well as random ones, and with budgets a local search around the
+most accurate feasible plans follows the sampler's trials (``polish_trials``). After the trials
 of a round, the top-K Pareto plans not measured yet are folded, measured by the target's
 backend (TVM here) and appended to ``measurements.jsonl``; the cost model is refit from every
 successful record and saved (``costmodel.json``); the next round's study starts from the
@@ -28,7 +30,7 @@ import pandas as pd
 import costmodels
 from costmodels.analytical import Sample
 from costmodels.base import FitReport, fidelity
-from hwsearch import prune, records, zoo
+from hwsearch import prune, recalibrate, records, zoo
 from hwsearch.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph, analyze
 from hwsearch.measure import measure_model, plan_record
@@ -67,13 +69,21 @@ class SearchConfig:
     min_density: float = 0.05
     channel_multiple: int = 8
     finetune_steps: int = 0
+    bn_recalibration: int = 8             # training batches to re-estimate BatchNorm statistics per plan (0: off)
     sampler: str = "nsga2"
+    polish_trials: int = 40               # per round, with budgets: local search around the best feasible plans
     costmodel_path: Path | None = None    # start each fit from this saved model (e.g. a profile's LUT)
     seed: int = 0
     worker: str = "main"                  # trials are counted per worker: N workers add N x trials
     latency_budget_s: float | None = None
     flash_budget_bytes: int | None = None
     sram_budget_bytes: int | None = None
+
+    @property
+    def memory_matters(self) -> bool:
+        """Whether a flash or SRAM budget is set (else weight-level patterns that save no time are
+        not searched: see :meth:`hwsearch.space.SearchSpace.build`)."""
+        return self.flash_budget_bytes is not None or self.sram_budget_bytes is not None
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{Path(self.out_dir).resolve() / 'study.db'}"
@@ -96,6 +106,9 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise PlanError(f"{name} {v} must be positive")
+        if self.bn_recalibration < 0 or self.finetune_steps < 0 or self.polish_trials < 0:
+            raise PlanError(f"bn_recalibration ({self.bn_recalibration}), finetune_steps ({self.finetune_steps}) "
+                            f"and polish_trials ({self.polish_trials}) must be >= 0")
         if self.channel_multiple < 1:
             raise PlanError(f"channel_multiple {self.channel_multiple} must be >= 1")
 
@@ -155,20 +168,37 @@ class Evaluator:
         self._criterion_data = None
         if cfg.criterion != "magnitude" and data.x_train is not None:
             self._criterion_data = lambda: data.batches("train", 128, limit=4)
+        self.bn_batches = None
+        if cfg.bn_recalibration > 0 and data.x_train is not None and recalibrate.has_batchnorm(graph.model):
+            self.bn_batches = recalibrate.calibration_batches(data, cfg.bn_recalibration)
 
     def decisions(self, plan: Plan) -> prune.Decisions:
         return prune.decide(self.graph, plan, criterion=self.cfg.criterion, data=self._criterion_data,
                             channel_multiple=self.cfg.channel_multiple, min_density=self.cfg.min_density)
 
     def accuracy(self, dec: prune.Decisions) -> float:
+        """Validation accuracy of the plan: after a short fine-tune (``finetune_steps``), else
+        with its BatchNorm statistics recalibrated (``bn_recalibration``; see
+        :mod:`hwsearch.recalibrate`), else with the masked weights as they are."""
         if self.cfg.finetune_steps > 0 and self.data.x_train is not None:
             model = prune.apply(self.graph, dec, mode="mask")
             zoo.train(model, self.data, steps=self.cfg.finetune_steps, lr=1e-3)
             return zoo.evaluate(model, self.data)
-        return zoo.evaluate(self.graph.model, self.data, params=prune.masked_state(self.graph, dec))
+        masked = prune.masked_state(self.graph, dec)
+        if self.bn_batches is not None:
+            model = recalibrate.masked_model(self.graph, masked)
+            recalibrate.recalibrate_bn(model, self.bn_batches())
+            return zoo.evaluate(model, self.data)
+        return zoo.evaluate(self.graph.model, self.data, params=masked)
 
     def cost(self, plan: Plan, dec: prune.Decisions) -> costmodels.Cost:
         return self.cm.predict(self.graph, plan, resolved=dec.resolved)
+
+    def budget_names(self) -> list[str]:
+        """The names of :meth:`violations`' entries, in order."""
+        c = self.cfg
+        given = (c.latency_budget_s, c.flash_budget_bytes, c.sram_budget_bytes)
+        return [n for n, b in zip(_BUDGET_NAMES, given) if b is not None]
 
     def violations(self, latency_s: float, flash_bytes: int, sram_bytes: int) -> list[float]:
         """Constraint values for Optuna (≤ 0 is feasible), relative to each budget."""
@@ -183,8 +213,14 @@ class Evaluator:
         return out
 
 
+# Optuna 5 stores constraints on the trial (Trial.set_constraint) and deprecates samplers'
+# constraints_func; Optuna 4 has only the latter.
+_TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+_BUDGET_NAMES = ("latency", "flash", "sram")
+
+
 def _sampler(cfg: SearchConfig, constrained: bool) -> optuna.samplers.BaseSampler:
-    cons = (lambda t: t.user_attrs.get("constraints", [])) if constrained else None
+    cons = (lambda t: t.user_attrs.get("constraints", [])) if constrained and not _TRIAL_CONSTRAINTS else None
     if cfg.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=cfg.seed, constraints_func=cons, population_size=20)
     if cfg.sampler == "tpe":
@@ -242,7 +278,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     storage = open_storage(cfg.storage_url())
     graph, data = _load_model_and_data(cfg)
     space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
-                              min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0])
+                              min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0],
+                              memory_matters=cfg.memory_matters)
     for layer, why in (space.dropped or {}).items():
         for pat, reason in why.items():
             log.info("pattern %s not offered on %s: %s", pat, layer, reason)
@@ -279,9 +316,12 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         study.set_user_attr("target", target.identity)
         mine = [t for t in study.trials if t.user_attrs.get("worker") == cfg.worker]
         _fail_stale(study, mine)
-        finished = [t for t in mine if t.state == optuna.trial.TrialState.COMPLETE]
-        if not study.trials and prev_front:
-            for p in prev_front:
+        finished = [t for t in mine if t.state == optuna.trial.TrialState.COMPLETE
+                    and t.user_attrs.get("phase") != "polish"]
+        if not study.trials:
+            # round 1 starts from uniform channel plans as well as random ones; later rounds
+            # from the previous round's front
+            for p in (prev_front if rnd > 1 else space.seed_plans()):
                 study.enqueue_trial(space.params_of(p), skip_if_exists=True)
         remaining = cfg.trials - len(finished)
         say(f"round {rnd}: worker {cfg.worker!r} has {len(finished)} trials in study {name!r}, running "
@@ -289,6 +329,11 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
 
         if remaining > 0:
             _run_trials(study, space, ev, pricer_for(cm), remaining, cfg, show_bars)
+        if constrained and cfg.polish_trials > 0:
+            gained = _polish(study, space, ev, pricer_for(cm), cfg)
+            if gained is not None:
+                say(f"round {rnd}: local search around the best feasible plans: accuracy "
+                    f"{gained[0]:.4f} -> {gained[1]:.4f} in {gained[2]} trials")
         front = _front(study)
         if constrained and not front["feasible"].any():
             say(f"round {rnd}: no plan met the budgets — {_closest_to_budgets(study, cfg)}; the front below is "
@@ -360,8 +405,79 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     return result
 
 
+def _config_key(resolved: pd.DataFrame) -> tuple:
+    """What a plan does to the model (kept channels, pattern, density per layer): plans whose
+    ratios round to the same channel counts are one configuration."""
+    return tuple((layer, int(r["kept_in"]), int(r["kept_out"]), str(r["pattern"]), round(float(r["weight_density"]), 4))
+                 for layer, r in resolved.iterrows())
+
+
+def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
+            cfg: SearchConfig) -> tuple[float, float, int] | None:
+    """Local search after the sampler's trials, when budgets are set (a memetic step): NSGA-II
+    spreads its trials along the whole accuracy/latency front, while a user with a budget wants
+    the most accurate plan *at* the budget. From the most accurate feasible plans, evaluate their
+    feasible neighbours on the grid (:meth:`SearchSpace.neighbours`: one layer's sparsity up or
+    down, or a trade between two layers), priced first in one batch, configurations already
+    tried skipped, the neighbours nearest the budget first; repeat from the new best while it
+    improves, up to ``cfg.polish_trials`` trials per worker and round. The trials go through the
+    study (enqueued, then asked and told like any other, tagged ``phase=polish``), so a resumed
+    worker continues the count. Returns (best accuracy before, after, trials run), or None when
+    the study has no feasible plan to start from or the local search has already run."""
+    def mine_polish() -> int:
+        return sum(1 for t in study.trials if t.user_attrs.get("worker") == cfg.worker
+                   and t.user_attrs.get("phase") == "polish")
+
+    def feasible(t: optuna.trial.FrozenTrial) -> bool:
+        return (t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("plan") is not None
+                and all(v <= 0 for v in t.user_attrs.get("constraints", [])))
+
+    left = cfg.polish_trials - mine_polish()
+    ok = sorted((t for t in study.trials if feasible(t)), key=lambda t: (-t.values[0], t.values[1]))
+    if left <= 0 or not ok:
+        return None
+    start = ok[0].values[0]
+    best = start
+    n_run = 0
+    seen = {_config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
+            for t in study.trials if t.user_attrs.get("plan") is not None}
+    while left > 0:
+        ok = sorted((t for t in study.trials if feasible(t)), key=lambda t: (-t.values[0], t.values[1]))
+        cands: dict[tuple, Plan] = {}
+        for t in ok[:3]:
+            for p in space.neighbours(Plan.from_dict(t.user_attrs["plan"]), seed=cfg.seed + t.number):
+                try:
+                    key = _config_key(ev.decisions(p).resolved)
+                except PlanError:
+                    continue
+                if key not in seen and key not in cands:
+                    cands[key] = p
+        if not cands:
+            break
+        plans = list(cands.values())
+        priced = pricer.price_plans(plans)
+        viol = [max(ev.violations(float(priced["latency_s"][i]), int(priced["flash_bytes"][i]),
+                                  int(priced["sram_bytes"][i])) or [0.0]) for i in range(len(plans))]
+        # feasible ones, nearest the budget first (the accuracy is where the budget is spent)
+        order = sorted((v, i) for i, v in enumerate(viol) if v <= 0)
+        batch = [plans[i] for _, i in order[::-1][:min(left, 12)]]
+        if not batch:
+            break
+        for p in batch:
+            seen.add(_config_key(ev.decisions(p).resolved))
+            study.enqueue_trial(space.params_of(p))
+        _run_trials(study, space, ev, pricer, len(batch), cfg, False, phase="polish")
+        left -= len(batch)
+        n_run += len(batch)
+        new_best = max(t.values[0] for t in study.trials if feasible(t))
+        if new_best <= best:
+            break
+        best = new_best
+    return start, best, n_run
+
+
 def _run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any, n: int, cfg: SearchConfig,
-                show_bars: bool) -> None:
+                show_bars: bool, phase: str | None = None) -> None:
     """``n`` trials through Optuna's ask/tell in batches of one NSGA-II population: the batch's
     plans are priced together by the vectorised :class:`~costmodels.batch.BatchPricer` (the
     fast path; it gives the same numbers as ``CostModel.predict``), then each is evaluated for
@@ -376,6 +492,8 @@ def _run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: 
         ready = []
         for t in trials:
             t.set_user_attr("worker", cfg.worker)
+            if phase:
+                t.set_user_attr("phase", phase)
             try:
                 plan = space.suggest(t)
                 ready.append((t, plan, ev.decisions(plan)))
@@ -395,6 +513,9 @@ def _run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: 
             t.set_user_attr("flash_bytes", flash)
             t.set_user_attr("sram_bytes", sram)
             t.set_user_attr("constraints", violations)
+            if _TRIAL_CONSTRAINTS:
+                for name, v in zip(ev.budget_names(), violations):
+                    t.set_constraint(name, v)
             guard = space.guard_report(dec.resolved)
             if guard:
                 t.set_user_attr("collapse_guard", guard)

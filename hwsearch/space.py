@@ -34,11 +34,17 @@ class SearchSpace:
     @classmethod
     def build(cls, graph: ModelGraph, target, *, patterns_wanted: tuple[str, ...] = ("dense", "unstructured", "channel"),
               max_ratio: float = 0.9, min_density: float = 0.05, nm: tuple[int, int] | None = None,
-              block: tuple[int, int] | None = None, cost_model=None) -> SearchSpace:
+              block: tuple[int, int] | None = None, cost_model=None, memory_matters: bool = True) -> SearchSpace:
         """Patterns per layer: those wanted, runnable on ``target``, valid for the layer's shape
         and — when ``cost_model`` is given — priced by it (a pattern the model cannot price for
         a layer is not offered, and :attr:`dropped` says why). N:M and block sizes default to the
-        target spec's ``[patterns.nm] n, m`` and ``[patterns.block] block``."""
+        target spec's ``[patterns.nm] n, m`` and ``[patterns.block] block``.
+
+        A weight-level pattern (unstructured, N:M, block) is offered only where ``cost_model``
+        predicts it lowers the layer's latency when it is sold as a speed-up (GPU 2:4), or when
+        ``memory_matters`` is False (no flash or SRAM budget): then a pattern that saves no time
+        could only cost accuracy — on ``host-x86`` TVM runs zeros through dense kernels — and
+        would take a share of the trials for nothing."""
         nm = nm or (int(target.patterns.get("nm", {}).get("n", 2)), int(target.patterns.get("nm", {}).get("m", 4)))
         block = block or tuple(target.patterns.get("block", {}).get("block", (1, 4)))
         bad = set(patterns_wanted) - set(PATTERN_NAMES)
@@ -76,13 +82,18 @@ class SearchSpace:
                     if layer in cost.coverage_gaps:
                         dropped.setdefault(layer, {})[p] = f"the {cost_model.kind} cost model does not cover it"
                         continue
-                    if target.accelerates(p) and target.kind == "gpu":
-                        # sold as a speed-up: offer it only where the model predicts one
+                    if (target.accelerates(p) and target.kind == "gpu") or not memory_matters:
+                        # sold as a speed-up, or latency is all that counts: offer it only where
+                        # the model predicts a gain
                         dense_s = float(cost_model.predict(graph, Plan(), allow_gaps=True).layers.at[layer, "latency_s"])
-                        sparse_s = float(cost.layers.at[layer, "latency_s"])
+                        # at the highest sparsity offered: a sparse kernel that pays at all pays there
+                        hi = LayerChoice(p, max_ratio if p != "nm" else 0.0, n=nm[0], m=nm[1], block=block)
+                        hi_cost = cost_model.predict(graph, Plan({layer: hi}), allow_gaps=True)
+                        sparse_s = float(hi_cost.layers.at[layer, "latency_s"])
                         if not sparse_s < dense_s:
+                            why = "" if memory_matters else " and no flash/SRAM budget is set (it would only cost accuracy)"
                             dropped.setdefault(layer, {})[p] = (f"predicted no gain: {sparse_s * 1e6:.2f} µs vs "
-                                                                f"{dense_s * 1e6:.2f} µs dense")
+                                                                f"{dense_s * 1e6:.2f} µs dense{why}")
                             continue
                 opts.append(p)
             allowed[layer] = tuple(opts)
@@ -110,6 +121,69 @@ class SearchSpace:
             params[f"{layer}:pattern"] = c.pattern if c.pattern in opts else "dense"
             params[f"{layer}:ratio"] = min(self.max_ratio, round(c.ratio / self.step) * self.step)
         return params
+
+    def seed_plans(self, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)) -> list[Plan]:
+        """Uniform channel plans (every layer that may lose channels at one ratio; ratios on the
+        space's grid and at most ``max_ratio``): the first generation of a search starts from
+        these classic hand-set points as well as from random ones, so the search begins where the
+        uniform baseline ends. Empty when no layer may lose channels."""
+        layers = [layer for layer, opts in self.allowed.items() if "channel" in opts]
+        if not layers:
+            return []
+        out = []
+        for r in ratios:
+            r = min(self.max_ratio, round(r / self.step) * self.step)
+            out.append(Plan({layer: LayerChoice("channel", round(r, 6)) for layer in layers}))
+        return list({p.key: p for p in out}.values())
+
+    def neighbours(self, plan: Plan, *, steps: tuple[int, ...] = (1, 2), max_pairs: int = 200,
+                   seed: int = 0) -> list[Plan]:
+        """Plans one move from ``plan`` on the space's grid: one layer's sparsity up or down by
+        each of ``steps`` grid steps (a dense layer takes up any of its patterns; a layer moved
+        to ratio 0 becomes dense), or one layer up and another down — a trade of sparsity
+        between layers, the move that keeps a plan at its budget while it looks for accuracy.
+        With many layers a seeded sample of ``max_pairs`` trades is taken."""
+        import random
+
+        nm, block = self.nm, self.block
+
+        def choice(pat: str, k: int) -> LayerChoice | None:
+            return None if pat == "dense" or k <= 0 and pat != "nm" else LayerChoice(
+                pat, round(k * self.step, 6) if pat != "nm" else 0.0, n=nm[0], m=nm[1], block=block)
+
+        kmax = int(round(self.max_ratio / self.step))
+        up: dict[str, list[LayerChoice | None]] = {}
+        down: dict[str, list[LayerChoice | None]] = {}
+        for layer, opts in self.allowed.items():
+            if len(opts) <= 1:
+                continue
+            c = plan.get_choice(layer)
+            k = int(round(c.ratio / self.step)) if c.pattern != "dense" else 0
+            if c.pattern == "dense":
+                up[layer] = [choice(p, d) for p in opts if p != "dense" for d in steps if d <= kmax]
+                down[layer] = []
+            elif c.pattern == "nm":
+                up[layer], down[layer] = [], [None]
+            else:
+                up[layer] = [choice(c.pattern, k + d) for d in steps if k + d <= kmax]
+                down[layer] = [choice(c.pattern, k - d) for d in steps if k - d >= 0]
+        base = dict(plan.items())
+
+        def with_(changes: dict[str, LayerChoice | None]) -> Plan:
+            ch = dict(base)
+            for layer, c in changes.items():
+                if c is None:
+                    ch.pop(layer, None)
+                else:
+                    ch[layer] = c
+            return Plan(ch)
+
+        out = [with_({layer: c}) for layer in up for c in up[layer] + down[layer]]
+        pairs = [(i, ci, j, cj) for i in up for ci in up[i] for j in down if j != i for cj in down[j]]
+        if len(pairs) > max_pairs:
+            pairs = random.Random(seed).sample(pairs, max_pairs)
+        out += [with_({i: ci, j: cj}) for i, ci, j, cj in pairs]
+        return [p for p in {p.key: p for p in out}.values() if p.key != plan.key]
 
     def guard_report(self, resolved) -> list[str]:
         """Layers where the minimum density (layer-collapse guard) capped the requested ratio."""

@@ -1,0 +1,97 @@
+"""Budgets are hard constraints of the Optuna study: every trial carries its violations (on
+the trial itself with Optuna 5, where the sampler reads them), the front holds only feasible
+plans (the over-budget dense model, on the front without the constraint, is not), and an
+unreachable budget is reported with the closest any plan came. Real Optuna, real cost model and
+evaluator on the trained width-8 reference model; no TVM (nothing is measured)."""
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+
+import costmodels
+from costmodels.batch import BatchPricer
+from hwsearch import search as S
+from hwsearch import zoo
+from hwsearch.graph import analyze
+from hwsearch.plan import Plan
+from hwsearch.space import SearchSpace
+from targets.spec import get_target
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """The width-8 reference model (trained, so pruning costs accuracy and the dense model is
+    the most accurate plan) on MNIST-1D, priced by the host's roofline model."""
+    torch.set_num_threads(1)
+    model, example = zoo.mnist1d_cnn_small()
+    data = zoo.mnist1d_data()
+    g = analyze(model, example)
+    target = get_target("host-x86")
+    cm = costmodels.default_for(target)
+    pricer = BatchPricer(g, target, cm, channel_multiple=1, min_density=0.05)
+    dense = float(pricer.price_plans([Plan()])["latency_s"][0])
+    space = SearchSpace.build(g, target, patterns_wanted=("dense", "channel"), max_ratio=0.9, min_density=0.05)
+    cfg = S.SearchConfig(out_dir=tmp_path, channel_multiple=1, min_density=0.05, seed=0)
+    return g, data, target, cm, pricer, dense, space, cfg
+
+
+def _run(setup, budget_frac: float, n: int = 80) -> tuple[optuna.Study, S.SearchConfig]:
+    g, data, target, cm, pricer, dense, space, cfg = setup
+    cfg = dataclasses.replace(cfg, latency_budget_s=budget_frac * dense)
+    ev = S.Evaluator(g, data, target, cm, cfg)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S._sampler(cfg, True))
+    study.enqueue_trial(space.params_of(Plan()))  # the dense model: the most accurate plan, over budget
+    S._run_trials(study, space, ev, pricer, n, cfg, show_bars=False)
+    return study, cfg
+
+
+def test_budget_is_a_constraint_the_sampler_follows(setup):
+    dense = setup[5]
+    study, cfg = _run(setup, 0.95)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 80
+    for t in done:
+        (v,) = t.user_attrs["constraints"]
+        assert v == pytest.approx(t.values[1] / cfg.latency_budget_s - 1.0)
+        if S._TRIAL_CONSTRAINTS:  # Optuna 5: the value the sampler reads lives on the trial
+            assert t.constraints == {"latency": pytest.approx(v)}
+    assert done[0].user_attrs["plan_key"] == Plan().key and done[0].user_attrs["constraints"][0] > 0
+    # Unconstrained, the dense plan (accuracy 1.0) is on the accuracy/latency front; as a
+    # constraint the budget keeps it (and every other over-budget plan) off the front.
+    front = S._front(study)
+    assert len(front) and front["feasible"].all()
+    assert Plan().key not in set(front["plan_key"])
+    assert (front["predicted_latency_s"] <= 0.95 * dense + 1e-12).all()
+
+
+def test_unreachable_budget_is_reported_with_the_closest_plan(setup):
+    study, cfg = _run(setup, 1e-3, n=20)
+    front = S._front(study)
+    assert len(front) and not front["feasible"].any()  # least-violating plans, flagged
+    msg = S._closest_to_budgets(study, cfg)
+    assert msg.startswith("latency: best") and "vs budget" in msg
+
+
+def test_local_search_adds_feasible_new_configurations_within_its_budget(setup):
+    g, data, target, cm, pricer, dense, space, cfg = setup
+    cfg = dataclasses.replace(cfg, latency_budget_s=0.95 * dense, polish_trials=24)
+    ev = S.Evaluator(g, data, target, cm, cfg)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S._sampler(cfg, True))
+    S._run_trials(study, space, ev, pricer, 40, cfg, show_bars=False)
+    before = {S._config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved) for t in study.trials}
+    best_before = max(t.values[0] for t in study.trials if t.user_attrs["constraints"][0] <= 0)
+    start, best, n = S._polish(study, space, ev, pricer, cfg)
+    polished = [t for t in study.trials if t.user_attrs.get("phase") == "polish"]
+    assert start == best_before and best >= start
+    assert 0 < n == len(polished) <= 24
+    for t in polished:
+        assert t.user_attrs["constraints"][0] <= 0                      # only feasible neighbours
+        key = S._config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
+        assert key not in before                                        # nothing evaluated twice
+        before.add(key)
+    # a resumed worker continues the count: with the budget spent, nothing more runs
+    if n == 24:
+        assert S._polish(study, space, ev, pricer, cfg) is None
