@@ -3,7 +3,9 @@
 Per layer::
 
     roofline_s = max(effective_MACs / peak_MACs_per_s, bytes_moved / bandwidth_Bps)
-    latency_s  = scale[kind] · roofline_s + overhead[kind]
+    latency_s  = (scale[kind] · roofline_s + overhead[kind]) · correction[kernel]
+
+and per plan ``Σ latency_s + overhead_model + glue_per_byte · Σ kept output activation bytes``.
 
 ``effective_MACs`` are the MACs after channel removal; a weight-level pattern (unstructured,
 N:M, block) reduces them only when the target spec says its kernels accelerate that pattern
@@ -13,8 +15,15 @@ unstructured sparsity buys storage and no time, and the model says so (``acceler
 ``peak_MACs_per_s`` = clock × cores × MACs/cycle; the bandwidth is the cache's when the layer's
 working set fits ``sram_bytes``, else DRAM's. Priors for ``scale`` (1/efficiency) and the
 overheads come from the target spec; :meth:`RooflineModel.refit` replaces them with a
-non-negative least-squares fit (scipy) on measured per-layer times, and the model-level
-overhead with the median residual of measured totals.
+non-negative least-squares fit (scipy) on measured per-layer times. A roofline is smooth in the
+channel count, but compiled kernels are not (a schedule found for 48 channels can be slower than
+one for 64), so the refit also keeps, per measured *kernel* — its kind, geometry, kept input and
+output channels and, where a weight pattern is accelerated, its density
+(:func:`kernel_signature`) — the median ratio of measured to roofline time, and applies it
+wherever that kernel appears again (nn-Meter's kernel-level view; ``correction`` is 1 for a
+kernel never measured). The model-level overhead and the glue term are fitted (NNLS) on what
+measured totals leave after the layers: adds, activations and pooling shrink with the kept
+channels.
 """
 from __future__ import annotations
 
@@ -31,10 +40,22 @@ from costmodels.base import CostModel, FitReport, fidelity
 from costmodels.memory import DTYPE_BYTES
 from hwsearch.errors import SpecError
 
-__all__ = ["RooflineModel", "Sample", "KINDS"]
+__all__ = ["RooflineModel", "Sample", "KINDS", "kernel_signature", "static_signature"]
 
 KINDS = ("conv", "depthwise", "grouped", "linear")
 _MIN_ROWS_PER_KIND = 3
+
+
+def static_signature(row: Any) -> str:
+    """The part of a layer's kernel signature that no plan changes: kind, kernel, stride,
+    padding and input spatial size (a row of the layer table or of a resolved plan)."""
+    return f"{row['kind']}|w{tuple(row['weight_shape'])[2:]}|s{row['stride']}|p{row['padding']}|i{tuple(row['in_shape'])[2:]}"
+
+
+def kernel_signature(static: str, kept_in: int, kept_out: int, density: float | None) -> str:
+    """A compiled kernel's identity: :func:`static_signature`, kept channels, and the weight
+    density when the pattern is accelerated (``None``: it runs as the dense kernel)."""
+    return f"{static}|{int(kept_in)}x{int(kept_out)}|" + ("dense" if density is None else f"d{density:.3f}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,8 @@ class RooflineModel(CostModel):
                 self.scale[k] = 1.0 / t.figure("compute", eff_key)
                 self.overhead[k] = t.figure("compute", "overhead_per_layer_s")
         self.overhead_model = t.figure("compute", "overhead_model_s")
+        self.glue_per_byte = 0.0
+        self.corrections: dict[str, float] = {}
         self.provenance.update(relative_std=0.5, source="analytical prior from " + t.identity)
 
     # ---- prediction ----------------------------------------------------------------------------
@@ -88,7 +111,16 @@ class RooflineModel(CostModel):
         return pd.DataFrame({"kind": resolved["kind"].to_numpy(), "macs_eff": macs, "bytes": nbytes,
                              "roofline_s": roof, "accelerated": accel}, index=resolved.index)
 
-    def layer_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    def signatures(self, resolved: pd.DataFrame) -> list[str]:
+        """:func:`kernel_signature` of every layer of a resolved plan."""
+        # a weight pattern whose zeros the target's kernels skip is its own kernel (by density);
+        # every other layer runs the dense kernel of its kept shape
+        accel = [p not in ("dense", "channel") and bool(self.target.accelerates(p)) for p in resolved["pattern"]]
+        return [kernel_signature(static_signature(r), r["kept_in"], r["kept_out"],
+                                 float(r["weight_density"]) if a else None)
+                for (_, r), a in zip(resolved.iterrows(), accel)]
+
+    def _base_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         f = self.features(resolved)
         lat = np.full(len(f), math.nan)
         gaps = []
@@ -99,13 +131,23 @@ class RooflineModel(CostModel):
             lat[i] = self.scale[kind] * roof + self.overhead[kind]
         return lat, gaps
 
+    def layer_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        lat, gaps = self._base_latency(resolved)
+        if self.corrections:
+            lat = lat * np.array([self.corrections.get(sig, 1.0) for sig in self.signatures(resolved)])
+        return lat, gaps
+
     def model_overhead_s(self) -> float:
         return self.overhead_model
+
+    def glue_s(self, resolved: pd.DataFrame) -> float:
+        return self.glue_per_byte * float(resolved["act_out_bytes_kept"].sum()) if self.glue_per_byte else 0.0
 
     # ---- persistence ---------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "scale": self.scale, "overhead": self.overhead,
-                "overhead_model_s": self.overhead_model}
+                "overhead_model_s": self.overhead_model, "glue_s_per_byte": self.glue_per_byte,
+                "corrections": self.corrections}
 
     def set_params(self, params: dict[str, Any]) -> None:
         try:
@@ -113,19 +155,24 @@ class RooflineModel(CostModel):
             self.scale = {str(k): float(v) for k, v in params["scale"].items()}
             self.overhead = {str(k): float(v) for k, v in params["overhead"].items()}
             self.overhead_model = float(params["overhead_model_s"])
+            self.glue_per_byte = float(params.get("glue_s_per_byte", 0.0))
+            self.corrections = {str(k): float(v) for k, v in params.get("corrections", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SpecError(f"roofline cost-model parameters are malformed ({exc}); refit the model") from None
 
     # ---- refit ---------------------------------------------------------------------------------
     def total_latency(self, resolved: pd.DataFrame) -> float:
         lat, _ = self.layer_latency(resolved)
-        return float(np.nansum(lat)) + self.overhead_model
+        return float(np.nansum(lat)) + self.overhead_model + self.glue_s(resolved)
 
-    def refit(self, samples: list[Sample], graphs: Any = None) -> FitReport:
-        """Refit per-kind scale and overhead on measured layer times (NNLS), then the model
-        overhead on measured totals. Kinds with fewer than 3 measured layer rows keep their
-        previous parameters. With no per-layer times, one global scale and the overhead are
-        fitted on totals."""
+    def refit(self, samples: list[Sample], graphs: Any = None, *,
+              totals_of: list[Sample] | None = None) -> FitReport:
+        """Refit per-kind scale and overhead on measured layer times (NNLS); then the per-kernel
+        corrections (median measured / roofline time of every kernel measured; the previous ones
+        are replaced); then the model overhead and glue term on measured totals (of ``totals_of``,
+        default all samples). Kinds with fewer than 3 measured layer rows keep their previous
+        parameters. With no per-layer times, one global scale and the overhead are fitted on
+        totals."""
         if not samples:
             raise ValueError("refit needs at least one measured plan")
         meas = np.array([s.latency_s for s in samples], dtype=float)
@@ -152,8 +199,22 @@ class RooflineModel(CostModel):
                 if coef[0] > 0:
                     self.scale[str(kind)], self.overhead[str(kind)] = float(coef[0]), float(coef[1])
                     fitted_kinds[str(kind)] = len(g)
-            layer_sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
-            self.overhead_model = float(max(0.0, np.median(meas - layer_sums)))
+            # per-kernel corrections: median measured / roofline time of each kernel measured
+            ratios: dict[str, list[float]] = {}
+            for s in samples:
+                if not s.layer_s:
+                    continue
+                base, _ = self._base_latency(s.resolved)
+                for layer, sig, b in zip(s.resolved.index, self.signatures(s.resolved), base):
+                    t = s.layer_s.get(layer)
+                    if t and t > 0 and b > 0:
+                        ratios.setdefault(sig, []).append(t / b)
+            self.corrections = {sig: float(np.median(v)) for sig, v in ratios.items()}
+            # the overheads from the totals of ``totals_of`` (default: every sample) — a caller
+            # whose samples include layers this model does not price (2:4 on a GPU) passes the others
+            tot = samples if totals_of is None else totals_of
+            if tot:
+                self._fit_overheads(tot, np.array([s.latency_s for s in tot], dtype=float))
         else:
             # Totals only: t_total ≈ a · Σ roofline-layer-latency + c  (NNLS on relative errors).
             sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
@@ -169,14 +230,31 @@ class RooflineModel(CostModel):
                 self.overhead_model = c
         after = np.array([self.total_latency(s.resolved) for s in samples])
         fb, fa = fidelity(before, meas), fidelity(after, meas)
+        self.provenance["corrected_kernels"] = len(self.corrections)
         rel = (after - meas) / meas
         self.provenance["relative_std"] = float(max(0.02, np.sqrt(np.mean(rel ** 2))))
         self.provenance["fitted_on"] = len(samples)
         self.provenance.setdefault("history", []).append({
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "plans": len(samples), "layer_rows": len(rows), "fitted_kinds": fitted_kinds,
+            "corrected_kernels": len(self.corrections), "glue_s_per_byte": self.glue_per_byte,
             "mape_before": fb["mape"], "mape_after": fa["mape"]})
         return FitReport(n=len(samples), mape_before=fb["mape"], mape_after=fa["mape"],
                          within10_before=fb["within10"], within10_after=fa["within10"],
                          within5_after=fa["within5"], kendall_tau_after=fa["kendall_tau"],
                          layer_rows=len(rows), params=self.params())
+
+    def _fit_overheads(self, samples: list[Sample], meas: np.ndarray) -> None:
+        """What measured totals leave after the layers = overhead_model + glue_per_byte · kept
+        output activation bytes (NNLS, relative errors), when there are 3+ plans whose
+        activations differ; else the median residual and no glue term."""
+        layer_sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
+        resid = meas - layer_sums
+        act = np.array([float(s.resolved["act_out_bytes_kept"].sum()) for s in samples])
+        self.glue_per_byte = 0.0
+        if len(samples) >= 3 and np.ptp(act) > 0:
+            w = 1.0 / meas
+            coef, _ = nnls(np.stack([np.ones(len(act)), act], axis=1) * w[:, None], np.maximum(resid, 0.0) * w)
+            self.overhead_model, self.glue_per_byte = float(coef[0]), float(coef[1])
+        else:
+            self.overhead_model = float(max(0.0, np.median(resid)))

@@ -106,6 +106,11 @@ class CostModel(ABC):
     def model_overhead_s(self) -> float:
         """Seconds per inference outside the prunable layers (VM call, glue ops)."""
 
+    def glue_s(self, resolved: pd.DataFrame) -> float:
+        """Seconds of the glue ops (adds, activations, pooling) that scale with the plan's kept
+        activations, on top of :meth:`model_overhead_s` (0 unless a model fits it)."""
+        return 0.0
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters (what :meth:`save` stores)."""
@@ -148,7 +153,7 @@ class CostModel(ABC):
         storage = layer_storage(res, dtype)
         layers = pd.DataFrame({"latency_s": lat, "flash_bytes": storage["flash_bytes"], "fmt": storage["fmt"]},
                               index=res.index)
-        total = float(np.nansum(lat)) + self.model_overhead_s()
+        total = float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(res)
         group_frac = {int(g): float(f) for g, f in zip(res["out_group"], res["out_frac"]) if int(g) >= 0}
         example_bytes = int(res["dtype_bytes"].iloc[0])
         sram = peak_sram_bytes(graph.activations, group_frac, dtype_scale=DTYPE_BYTES[dtype] / example_bytes,

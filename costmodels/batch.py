@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from costmodels.analytical import RooflineModel
+from costmodels.analytical import RooflineModel, kernel_signature, static_signature
 from costmodels.base import CostModel, CoverageError
 from costmodels.memory import DTYPE_BYTES
 from hwsearch import patterns as _patterns
@@ -149,6 +149,22 @@ class BatchPricer:
                         cost_model.identity, type(cost_model).__name__)
         self._precompute()
 
+    def _corrections(self, table: dict[str, float], kept_in: np.ndarray, kept_out: np.ndarray,
+                     density: np.ndarray) -> np.ndarray:
+        """Per plan and layer, the refit's correction of that kernel (1 where never measured);
+        ``density`` < 0 where the layer runs its dense kernel. One lookup per distinct kernel."""
+        out = np.ones(kept_in.shape, dtype=float)
+        prefixes = {k.rsplit("|", 2)[0] for k in table}
+        for j, static in enumerate(self._static_sig):
+            if static not in prefixes:
+                continue
+            keys = np.stack([kept_in[:, j], kept_out[:, j], density[:, j]], axis=1)
+            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+            f = np.array([table.get(kernel_signature(static, ki, ko, None if d < 0 else float(d)), 1.0)
+                          for ki, ko, d in uniq])
+            out[:, j] = f[inv.reshape(-1)]
+        return out
+
     # ---- set-up ------------------------------------------------------------------------------
     @staticmethod
     def _can_vectorise(cm: CostModel) -> bool:
@@ -178,6 +194,7 @@ class BatchPricer:
         L = len(self._layers)
         col = {n: j for j, n in enumerate(self._layers)}
         self._kind = t["kind"].astype(str).to_numpy()
+        self._static_sig = [static_signature(t.loc[n]) for n in self._layers]
         self._in_c = t["in_channels"].to_numpy(dtype=np.int64)
         self._out_c = t["out_channels"].to_numpy(dtype=np.int64)
         self._ngroups = t["groups"].to_numpy(dtype=np.int64)
@@ -407,7 +424,11 @@ class BatchPricer:
         scale = np.array([cm.scale.get(k, math.nan) for k in self._kind])
         overhead = np.array([cm.overhead.get(k, math.nan) for k in self._kind])
         lat = scale[None, :] * roof + overhead[None, :]
+        if cm.corrections:  # RooflineModel.layer_latency: measured kernels' corrections
+            lat = lat * self._corrections(cm.corrections, kept_in, kept_out, np.where(sped, density, -1.0))
         latency = np.nansum(lat, axis=1) + cm.model_overhead_s()
+        if cm.glue_per_byte:
+            latency = latency + cm.glue_per_byte * act_out_kept.sum(axis=1)
 
         # ---- storage: costmodels.memory.layer_storage --------------------------------------
         db = DTYPE_BYTES[self.dtype]

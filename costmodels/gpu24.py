@@ -510,6 +510,9 @@ class Gpu24Model(CostModel):
     def model_overhead_s(self) -> float:
         return self.roofline.model_overhead_s()
 
+    def glue_s(self, resolved: pd.DataFrame) -> float:
+        return self.roofline.glue_s(resolved)
+
     def relative_std(self) -> float:
         return float(self.roofline.relative_std())
 
@@ -567,7 +570,7 @@ class Gpu24Model(CostModel):
     # ---- refit from measured plans -----------------------------------------------------------
     def total_latency(self, resolved: pd.DataFrame) -> float:
         lat, _ = self.layer_latency(resolved)
-        return float(np.nansum(lat)) + self.model_overhead_s()
+        return float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(resolved)
 
     def refit(self, samples: list[Sample], graphs: Any = None) -> FitReport:
         """Refit the dense roofline (per-kind scale/overhead, see :meth:`RooflineModel.refit`) on
@@ -591,7 +594,8 @@ class Gpu24Model(CostModel):
         if not dense_samples:
             raise ValueError("no sample is usable for the dense refit: give per-layer times (layer_s) or plans "
                              "without N:M layers; 2:4 speed-ups are fitted with Gpu24Model.fit(table)")
-        inner = self.roofline.refit(dense_samples)
+        inner = self.roofline.refit(dense_samples, totals_of=[s for s in dense_samples
+                                                              if not (s.resolved["pattern"] == "nm").any()])
         after = np.array([self.total_latency(s.resolved) for s in samples])
         fb, fa = fidelity(before, meas), fidelity(after, meas)
         rel = (after - meas) / meas

@@ -419,8 +419,8 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
     the most accurate plan *at* the budget. From the most accurate feasible plans, evaluate their
     feasible neighbours on the grid (:meth:`SearchSpace.neighbours`: one layer's sparsity up or
     down, or a trade between two layers), priced first in one batch, configurations already
-    tried skipped, the neighbours nearest the budget first; repeat from the new best while it
-    improves, up to ``cfg.polish_trials`` trials per worker and round. The trials go through the
+    tried skipped, the 16 nearest the budget first; repeat from the new best ones until two
+    batches bring no gain, up to ``cfg.polish_trials`` trials per worker and round. The trials go through the
     study (enqueued, then asked and told like any other, tagged ``phase=polish``), so a resumed
     worker continues the count. Returns (best accuracy before, after, trials run), or None when
     the study has no feasible plan to start from or the local search has already run."""
@@ -438,7 +438,7 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
         return None
     start = ok[0].values[0]
     best = start
-    n_run = 0
+    n_run = stale = 0
     seen = {_config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
             for t in study.trials if t.user_attrs.get("plan") is not None}
     while left > 0:
@@ -460,7 +460,7 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
                                   int(priced["sram_bytes"][i])) or [0.0]) for i in range(len(plans))]
         # feasible ones, nearest the budget first (the accuracy is where the budget is spent)
         order = sorted((v, i) for i, v in enumerate(viol) if v <= 0)
-        batch = [plans[i] for _, i in order[::-1][:min(left, 12)]]
+        batch = [plans[i] for _, i in order[::-1][:min(left, 16)]]
         if not batch:
             break
         for p in batch:
@@ -470,9 +470,10 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
         left -= len(batch)
         n_run += len(batch)
         new_best = max(t.values[0] for t in study.trials if feasible(t))
-        if new_best <= best:
+        stale = stale + 1 if new_best <= best else 0
+        if stale >= 2:  # two batches without a gain: the neighbourhood is spent
             break
-        best = new_best
+        best = max(best, new_best)
     return start, best, n_run
 
 

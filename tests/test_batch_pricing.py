@@ -149,6 +149,35 @@ def test_accelerated_patterns_and_refit_parameters(mix, host):
     assert lat[1] < lat[0]
 
 
+def test_kernel_corrections_and_glue_match_the_loop(mix, host):
+    """A refit model with per-kernel corrections (dense and accelerated kernels) and a glue term
+    prices the same in a batch as plan by plan, and the corrections do change prices."""
+    from costmodels.analytical import Sample
+    from hwsearch.plan import resolve
+
+    fast = dataclasses.replace(host, patterns={p: {"kernel": True, "speedup": True} for p in ALL})
+    cm = RooflineModel(fast)
+    bp = BatchPricer(mix, fast, cm, channel_multiple=4, min_density=0.05)
+    codes, ratios = _random_arrays(bp, 300, 5)
+    before = bp.price(codes, ratios)["latency_s"]
+    plans = arrays_to_plans(codes[:40], np.clip(ratios[:40], 0, 0.95), bp.layers, nm=bp.nm, block=bp.block)
+    rng = np.random.default_rng(0)
+    samples = []
+    for p in plans:
+        try:
+            res = resolve(mix.table, mix.groups, p, channel_multiple=4, min_density=0.05)
+        except PlanError:
+            continue
+        lat, _ = cm.layer_latency(res)
+        layer_s = {n: float(t * rng.uniform(0.5, 2.0)) for n, t in zip(res.index, lat)}  # kernel-specific
+        samples.append(Sample(res, sum(layer_s.values()) + 1e-5 + 1e-9 * float(res["act_out_bytes_kept"].sum()),
+                              layer_s))
+    cm.refit(samples)
+    assert len(cm.corrections) > 10 and cm.glue_per_byte > 0
+    got, v = _assert_same(bp, mix, cm, codes, ratios)
+    assert not np.allclose(before[v], got["latency_s"][v])
+
+
 def test_details_match_resolve(mix, host):
     cm = costmodels.default_for(host)
     bp = BatchPricer(mix, host, cm, channel_multiple=8, min_density=0.05)

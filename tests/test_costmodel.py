@@ -114,3 +114,39 @@ def test_costmodel_file_round_trip_and_bad_files(resdw, host, tmp_path):
     path.write_text("{not json")
     with pytest.raises(SpecError, match="not valid JSON"):
         costmodels.CostModel.load(path, host)
+
+
+def test_refit_corrects_measured_kernels_and_fits_the_glue(resdw):
+    """Kernels measured off the roofline (a schedule 2x slower for one channel count) are
+    corrected exactly where they appear again, unmeasured kernels keep factor 1, and what totals
+    leave after the layers is split into a fixed overhead and a term in kept activation bytes."""
+    from costmodels.analytical import RooflineModel, Sample
+    from hwsearch.plan import LayerChoice, Plan, resolve
+    from targets.spec import get_target
+
+    g = analyze(*resdw)
+    cm = RooflineModel(get_target("host-x86"))
+    prior = RooflineModel(get_target("host-x86"))
+    plans = [Plan(), Plan({"c1": LayerChoice("channel", 0.5)}), Plan({"pw": LayerChoice("channel", 0.5)}),
+             Plan({"c1": LayerChoice("channel", 0.5), "pw": LayerChoice("channel", 0.5)})]
+    res = [resolve(g.table, g.groups, p, channel_multiple=1) for p in plans]
+
+    def truth(r):  # the prior's layer times, but the 4-channel c2 kernel (c1 at 0.5) runs 2x slower
+        lat, _ = prior.layer_latency(r)
+        layer = dict(zip(r.index, lat))
+        if int(r.at["c2", "kept_in"]) == 4:
+            layer["c2"] *= 2.0
+        return layer, sum(layer.values()) + 8e-6 + 2e-9 * float(r["act_out_bytes_kept"].sum())
+
+    samples = [Sample(r, truth(r)[1], truth(r)[0]) for r in res[:3]]  # plan 3 held out
+    cm.refit(samples)
+    sig = cm.signatures(res[1])[list(res[1].index).index("c2")]
+    assert cm.corrections[sig] == pytest.approx(2.0 * cm.corrections[cm.signatures(res[0])[1]], rel=1e-6)
+    assert cm.glue_per_byte == pytest.approx(2e-9, rel=0.05) and cm.overhead_model == pytest.approx(8e-6, rel=0.05)
+    # the held-out plan combines two measured kernels: predicted within 1 %
+    assert cm.total_latency(res[3]) == pytest.approx(truth(res[3])[1], rel=0.01)
+    # and it survives save/load
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        back = RooflineModel.load(cm.save(f"{d}/m.json"), get_target("host-x86"))
+    assert back.corrections == cm.corrections and back.total_latency(res[3]) == pytest.approx(cm.total_latency(res[3]))

@@ -2,6 +2,7 @@
 fold mode agree after it, it is what the search's Evaluator scores, and it helps a pruned model."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -58,19 +59,24 @@ def test_mask_and_fold_agree_after_recalibration(resdw) -> None:
     assert not torch.allclose(masked.b2.running_mean, model.b2.running_mean)
 
 
-def test_evaluator_scores_the_recalibrated_model_and_it_helps() -> None:
+@pytest.fixture(scope="module")
+def reference():
+    """The trained width-8 reference model, MNIST-1D, its graph and the host target."""
+    from targets.spec import get_target
+
+    torch.set_num_threads(1)
+    model, example = zoo.mnist1d_cnn_small()
+    return model, zoo.mnist1d_data(), analyze(model, example), get_target("host-x86")
+
+
+def test_evaluator_scores_the_recalibrated_model_and_it_helps(reference) -> None:
     """On the trained reference model (width 8), a channel-pruned plan scored by the Evaluator
     equals the accuracy of the masked model recalibrated on the same batches, and beats the
     stale-statistics accuracy (EagleEye's observation) by a clear margin."""
     import costmodels
     from hwsearch.search import Evaluator, SearchConfig
-    from targets.spec import get_target
 
-    torch.set_num_threads(1)
-    model, example = zoo.mnist1d_cnn_small()
-    data = zoo.mnist1d_data()
-    graph = analyze(model, example)
-    target = get_target("host-x86")
+    model, data, graph, target = reference
     plan = Plan({"down": LayerChoice("channel", 0.5), "pw": LayerChoice("channel", 0.5)})
     on = Evaluator(graph, data, target, costmodels.default_for(target), SearchConfig(out_dir="unused"))
     off = Evaluator(graph, data, target, costmodels.default_for(target),
@@ -85,19 +91,14 @@ def test_evaluator_scores_the_recalibrated_model_and_it_helps() -> None:
     assert acc_on > acc_off + 0.05, (acc_on, acc_off)
 
 
-def test_export_ships_the_recalibrated_model_the_evaluator_scored(tmp_path) -> None:
+def test_export_ships_the_recalibrated_model_the_evaluator_scored(reference, tmp_path) -> None:
     """The bundle's model.pt2 has the accuracy the search's Evaluator gave the plan (so what
     ships is what was chosen), and the manifest says how many batches recalibrated it."""
     import costmodels
     from hwsearch import export
     from hwsearch.search import Evaluator, SearchConfig
-    from targets.spec import get_target
 
-    torch.set_num_threads(1)
-    model, example = zoo.mnist1d_cnn_small()
-    data = zoo.mnist1d_data()
-    graph = analyze(model, example)
-    target = get_target("host-x86")
+    model, data, graph, target = reference
     plan = Plan({"res1": LayerChoice("channel", 0.5), "head": LayerChoice("unstructured", 0.5)})
     ev = Evaluator(graph, data, target, costmodels.default_for(target), SearchConfig(out_dir="unused"))
     acc = ev.accuracy(ev.decisions(plan))

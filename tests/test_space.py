@@ -106,9 +106,9 @@ def test_neighbours_move_one_layer_or_trade_between_two(resdw):
     assert nb and plan.key not in {p.key for p in nb}
     by = {p.key: p for p in nb}
     ratio = lambda p, layer: p.get_choice(layer).ratio if p.get_choice(layer).pattern != "dense" else 0.0  # noqa: E731
-    # single moves of c1: ±1 and ±2 steps (0.55 is the cap, so +2 is not offered)
+    # single moves of c1: ±1…4 steps (0.55 is the cap, so only +1 is offered upward)
     singles = {round(ratio(p, "c1"), 2) for p in nb if ratio(p, "pw") == 0.0}
-    assert singles == {0.4, 0.45, 0.55}
+    assert singles == {0.3, 0.35, 0.4, 0.45, 0.55}
     # a trade: c1 down and pw (dense) up in the same plan
     assert any(ratio(p, "c1") < 0.5 and ratio(p, "pw") > 0 for p in by.values())
     for p in nb:
