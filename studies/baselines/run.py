@@ -52,7 +52,7 @@ import torch
 
 import costmodels
 from costmodels.batch import BatchPricer
-from hwsearch import baselines, prune, records, zoo
+from hwsearch import baselines, prune, zoo
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model, plan_record, versions
 from hwsearch.plan import Plan
@@ -177,22 +177,24 @@ def write_readme(res: pd.DataFrame, info: dict[str, Any], path: Path) -> None:
         f"{info['samples']} sampled schedules per kernel) rank plans but are not tuned deployments.",
         "",
         "**Setting.** Model `hwsearch.zoo:mnist1d_cnn` (7 conv/linear layers: strided conv, residual "
-        "block, depthwise, pointwise, linear head), MNIST-1D validation accuracy with masked weights "
-        f"and **no fine-tuning**, for every method (the search's `Evaluator`: magnitude criterion, "
-        f"`min_density={info['min_density']}`, channels rounded to multiples of {info['channel_multiple']}). "
+        "block, depthwise, pointwise, linear head). Every method's plans are scored by the search's "
+        "`Evaluator`: MNIST-1D validation accuracy of the masked model after re-estimating its BatchNorm "
+        f"statistics on {info.get('bn_recalibration', 0)} training batches (adaptive BN, EagleEye; no weight "
+        f"update, **no fine-tuning**), magnitude criterion, `min_density={info['min_density']}`, channels "
+        f"rounded to multiples of {info['channel_multiple']}. "
         f"Budgets are {', '.join(f'{b:.0%}' for b in info['budgets'])} of the dense model's latency. "
         "Every method's candidates are priced by one cost model: the roofline model refit on the dense "
-        f"model and {info['calibration']} measured back to back after the search "
-        f"({info['calibration_s']:.0f} s; {info['fit_n']} plans, mean error {info['fit_mape']:.1%} on them — "
-        "not on the search's own records, taken minutes earlier: on this shared machine latencies "
-        "measured minutes apart differ by up to 2×); it predicts "
-        f"{info['pred_dense_us']:.1f} µs for the dense model). For each method and budget *b* the most accurate "
-        "candidate whose predicted latency is at most *b* × the predicted dense latency (the budget as "
-        "a predicted speed-up, so the model's overall scale error cancels) is folded and measured. "
-        "All latencies in the table are measured in that same phase, the dense model "
-        f"before and after the plans ({', '.join(str(x) for x in info['dense_runs_us'])} µs; their mean, "
-        f"{info['dense_us']:.1f} µs, is the dense latency; 1-min load average {info['load_before_measuring']} "
-        f"before, {info['load_after_measuring']} after).",
+        f"model and {info['calibration']} measured back to back first "
+        f"({info['calibration_s']:.0f} s; {info['fit_n']} plans, mean error {info['fit_mape']:.1%} on them); it predicts "
+        f"{info['pred_dense_us']:.1f} µs for the dense model. The search runs once per budget, the budget a hard "
+        "constraint, starting from that model and refitting it on its own measurements, as a user with a "
+        "budget would run it. For each method and budget *b* the most accurate candidate whose predicted "
+        "latency (by the shared model) is at most *b* × the predicted dense latency is folded and "
+        f"measured. The dense model and every pick are then measured in {info.get('passes', 1)} passes, "
+        "alternately forward and reversed (a drift of the machine's load weighs on all alike), each in a "
+        "fresh process; a plan's latency is the median of its passes (the dense model's: "
+        f"{', '.join(str(x) for x in info['dense_runs_us'])} µs; 1-min load average "
+        f"{info['load_before_measuring']} before, {info['load_after_measuring']} after).",
         "",
         f"| method | budget | candidates | plan | accuracy | accuracy after {info['finetune_steps']}-step fine-tune | "
         "predicted µs | measured µs (IQR) | speed-up vs dense | MAC-ratio limit | meets budget (measured) |",
@@ -212,7 +214,8 @@ def write_readme(res: pd.DataFrame, info: dict[str, Any], path: Path) -> None:
             f"{f(r.speedup, '.2f')}× | {f(r.mac_ratio_limit, '.2f')}× | {meets} |")
     lines += [
         "",
-        "*accuracy* is what every method selected on (the search's harness, no fine-tuning); "
+        "*accuracy* is what every method selected on (the search's harness: BatchNorm recalibrated, no "
+        "fine-tuning); "
         "*accuracy after fine-tune* is the same plan, masks kept, after a short Adam fine-tune "
         "(`Evaluator` with `finetune_steps`): reported to show how much each choice recovers, never "
         "used to choose.",
@@ -270,6 +273,7 @@ def summary(res: pd.DataFrame, info: dict[str, Any]) -> list[str]:
         if none:
             line += f"; no plan within the predicted budget: {', '.join(none)}"
         out.append(line + ".")
+        out.append("  " + verdict(g))
     if len(picks):
         err = (picks.predicted_latency_us - picks.measured_latency_us).abs() / picks.measured_latency_us
         met = picks["meets_budget"].astype(bool)
@@ -281,6 +285,39 @@ def summary(res: pd.DataFrame, info: dict[str, Any]) -> list[str]:
             f"(median speed-up / limit: {float((picks.speedup / picks.mac_ratio_limit).median()):.2f}).",
         ]
     return out
+
+
+def verdict(g: pd.DataFrame) -> str:
+    """At one budget: is the search's pick at least as accurate as every baseline's pick, among
+    the picks whose *measured* latency meets the budget (equal measured latency: all within it)?"""
+    dom = ""
+    hw_all = g[(g.method == "hwsearch") & g.measured_latency_us.notna()]
+    if len(hw_all):
+        h = hw_all.iloc[0]
+        beat = g[(g.method != "hwsearch") & (g.measured_latency_us <= h.measured_latency_us) & (g.accuracy > h.accuracy)]
+        dom = (" No baseline pick is both faster when measured and more accurate than the search's."
+               if beat.empty else " Faster when measured *and* more accurate than the search's pick: "
+               + ", ".join(f"{r.method} ({r.accuracy:.3f}, {r.measured_latency_us:.1f} µs)" for r in beat.itertuples()) + ".")
+    return _verdict_met(g) + dom
+
+
+def _verdict_met(g: pd.DataFrame) -> str:
+    met = g[g["meets_budget"].astype(bool)]
+    hw = met[met.method == "hwsearch"]
+    others = met[met.method != "hwsearch"]
+    missed = sorted(set(g[g.measured_latency_us.notna()].method) - set(met.method))
+    tail = f" (over the budget when measured: {', '.join(missed)})" if missed else ""
+    if hw.empty:
+        return f"Verdict: the search's pick does not meet the budget when measured{tail}."
+    a = float(hw.accuracy.iloc[0])
+    if others.empty:
+        return f"Verdict: only the search's pick ({a:.3f}) meets the budget when measured{tail}."
+    best = others.sort_values("accuracy", ascending=False).iloc[0]
+    ok = a >= float(best.accuracy)
+    return (f"Verdict: among picks that meet the budget when measured, the search's ({a:.3f}, "
+            f"{float(hw.measured_latency_us.iloc[0]):.1f} µs) is {'at least as accurate as' if ok else 'LESS accurate than'} "
+            f"the best baseline's, {best.method} ({float(best.accuracy):.3f}, {float(best.measured_latency_us):.1f} µs)"
+            f"{tail}.")
 
 
 def machine() -> dict[str, str]:
@@ -313,14 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hwsearch-baselines")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--trials", type=int, default=60, help="search trials per round")
+    ap.add_argument("--trials", type=int, default=150, help="search trials per round")
     ap.add_argument("--top-k", type=int, default=1, help="Pareto plans the search measures per round")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5],
                     help="latency budgets as fractions of the dense model's measured latency")
     ap.add_argument("--samples", type=int, default=8, help="schedules sampled per kernel (TVM quick mode)")
     ap.add_argument("--calibrate", type=float, nargs="*", default=[0.25, 0.5],
                     help="uniform channel ratios measured to calibrate the shared cost model (none: search only)")
+    ap.add_argument("--calibrate-random", type=int, default=6,
+                    help="random channel plans also measured to calibrate the shared cost model")
     ap.add_argument("--netadapt-step", type=float, default=0.05)
+    ap.add_argument("--passes", type=int, default=2, help="measuring passes over dense and the picks "
+                    "(alternately forward and reversed); each plan's latency is the median over them")
+    ap.add_argument("--bn-recalibration", type=int, default=8, help="training batches to recalibrate BatchNorm "
+                    "statistics with before scoring any plan, for every method (0: off)")
     ap.add_argument("--finetune-steps", type=int, default=100,
                     help="also report each chosen plan's accuracy after this many fine-tuning steps (0: off)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 20 trials, coarse sweeps")
@@ -332,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.quick:
-        args.rounds, args.trials, args.top_k = 1, 20, 1
+        args.rounds, args.trials, args.top_k, args.passes = 1, 20, 1, 1
     # One torch thread for accuracy evaluation and fine-tuning: on a shared 2-core machine two
     # intra-op threads made a 100-step fine-tune of this model 13x slower (55 s vs 4.2 s) while
     # other processes loaded the cores. TVM measures in its own processes, unaffected.
@@ -343,48 +386,64 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    # 1. the search (resumes from --work)
-    # A journal file, not SQLite: a fraction of the per-trial storage cost (studies/search_speed).
-    cfg = SearchConfig(out_dir=args.work / "search", rounds=args.rounds, trials=args.trials,
-                       measure_top_k=args.top_k, mode="quick", samples=args.samples, seed=0,
-                       storage=f"journal:{(args.work / 'search' / 'study.journal').resolve()}")
-    t0 = time.perf_counter()
-    search(cfg, progress=lambda m: log.info("search: %s", m))
-    info["search_s"] = time.perf_counter() - t0
-    info["search_config"] = (f"{cfg.rounds} rounds × {cfg.trials} trials, NSGA-II, patterns {list(cfg.patterns)}, "
-                             f"{cfg.measure_top_k} Pareto plan(s) measured per round")
-    info["min_density"], info["channel_multiple"] = cfg.min_density, cfg.channel_multiple
-
-    # 2. one refit cost model for everyone
-    target = get_target(cfg.target)
-    model, example = zoo.load_model(cfg.model)
-    data = zoo.load_data(cfg.data)
+    # 1. the comparison's cost model, calibrated first. On this shared machine latencies measured
+    # minutes apart differ (load), so the one model that prices every method's candidates is
+    # refit on the dense model and a few uniformly channel-pruned plans measured back to back —
+    # which also shows it how latency falls with channels.
+    target = get_target("host-x86")
+    base_cfg = SearchConfig(out_dir=args.work, mode="quick", samples=args.samples, seed=0,
+                            bn_recalibration=args.bn_recalibration)
+    model, example = zoo.load_model(base_cfg.model)
+    data = zoo.load_data(base_cfg.data)
     graph = analyze(model, example if example is not None else data.example_input)
-    recs = records.StudyRecords(open_storage(cfg.storage_url()), cfg.study_name).load()
-    if not any(r.get("plan_key") == Plan().key and not r.get("error") for r in recs):
-        raise SystemExit("the search left no successful measurement of the dense model; see its measurements.jsonl")
-    # The comparison's cost model. On this shared machine latencies measured minutes apart differ
-    # by up to 2x (load), so it is not refit on the search's records (taken earlier) but on the
-    # dense model and a few uniformly channel-pruned plans measured back to back now — which also
-    # shows it how latency falls with channels (the search measures plans near dense accuracy).
-    # It prices every method's candidates; the picks are measured right after, then dense again.
-    measurer = Measurer(target, graph, Evaluator(graph, data, target, costmodels.default_for(target), cfg),
-                        Path(args.work) / "search" / "tvm")
-    info["load_before_measuring"] = f"{os.getloadavg()[0]:.1f}"
-    calib_plans = [Plan()] + [baselines.uniform(graph, r, "channel") for r in args.calibrate]
-    dense_recs = []
+    measurer = Measurer(target, graph, Evaluator(graph, data, target, costmodels.default_for(target), base_cfg),
+                        Path(args.work) / "tvm")
+    info["load_before_calibration"] = f"{os.getloadavg()[0]:.1f}"
     calib = []
-    for plan in calib_plans:
+    # plus random channel plans (seeded; per layer a ratio up to 0.6): non-uniform shapes, where a
+    # model fitted on uniform plans alone was 12 % low on the picks in an earlier run
+    cal_space = SearchSpace.build(graph, target, patterns_wanted=("dense", "channel"), max_ratio=0.6,
+                                  min_density=base_cfg.min_density)
+    cal_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    cal_random = [cal_space.suggest(cal_study.ask()) for _ in range(args.calibrate_random)]
+    for plan in [Plan()] + [baselines.uniform(graph, r, "channel") for r in args.calibrate] + cal_random:
         m = measurer(plan)
-        if plan.key == Plan().key:
-            dense_recs.append(m)
         calib.append(plan_record(plan=plan, target=target, measured=m, predicted_latency_s=math.nan,
                                  costmodel="none", round_=0, study="calibration", accuracy=None))
-    info["calibration"] = ", ".join(f"uniform channel {r:.2f}" for r in args.calibrate) or "nothing else"
+    info["calibration"] = (", ".join(f"uniform channel {r:.2f}" for r in args.calibrate) or "nothing else") + \
+        (f" and {args.calibrate_random} random channel plans" if args.calibrate_random else "")
     info["calibration_s"] = measurer.seconds
-    cm, fit = fit_cost_model(target, graph, calib, cfg)
+    cm, fit = fit_cost_model(target, graph, calib, base_cfg)
+    cm_path = cm.save(args.work / "calibrated-costmodel.json")
     info.update(fit_n=fit.n if fit else 0, fit_mape=fit.mape_after if fit else math.nan,
                 cm_identity=cm.identity, cm_params={k: v for k, v in cm.params().items() if k != "dtype"})
+    pricer = BatchPricer(graph, target, cm, channel_multiple=base_cfg.channel_multiple,
+                         min_density=base_cfg.min_density)
+    pred_dense_s = float(pricer.price_plans([Plan()])["latency_s"][0])
+    info["pred_dense_us"] = pred_dense_s * 1e6
+    log.info("dense: predicted %.1f µs by the calibrated model", pred_dense_s * 1e6)
+
+    # 2. the search, as a user with a budget runs it: one search per budget, the budget a hard
+    # constraint, starting from the calibrated model and refitting on its own measurements.
+    # A journal file, not SQLite: a fraction of the per-trial storage cost (studies/search_speed).
+    t0 = time.perf_counter()
+    search_cfgs = []
+    for bf in args.budgets:
+        tag = f"b{round(bf * 100)}"
+        cfg = dataclasses.replace(
+            base_cfg, out_dir=args.work / f"search-{tag}", study_name=f"hwsearch-{tag}", rounds=args.rounds,
+            trials=args.trials, measure_top_k=args.top_k, costmodel_path=cm_path,
+            latency_budget_s=bf * pred_dense_s,
+            storage=f"journal:{(args.work / f'search-{tag}.journal').resolve()}")
+        search(cfg, progress=lambda m, tag=tag: log.info("search %s: %s", tag, m))
+        search_cfgs.append(cfg)
+    info["search_s"] = time.perf_counter() - t0
+    info["search_config"] = (f"one search per budget (the budget a constraint), {args.rounds} rounds × "
+                             f"{args.trials} trials, NSGA-II, patterns {list(base_cfg.patterns)}, "
+                             f"{args.top_k} Pareto plan(s) measured per round")
+    info["min_density"], info["channel_multiple"] = base_cfg.min_density, base_cfg.channel_multiple
+    info["bn_recalibration"] = base_cfg.bn_recalibration
+    cfg = base_cfg
     ev = Evaluator(graph, data, target, cm, cfg)
     ev_ft = Evaluator(graph, data, target, cm, dataclasses.replace(cfg, finetune_steps=args.finetune_steps))
     info["finetune_steps"] = args.finetune_steps
@@ -393,15 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         """Accuracy after a short fine-tune (masks kept): reported, never used to choose."""
         return float(ev_ft.accuracy(ev_ft.decisions(plan))) if args.finetune_steps > 0 else math.nan
 
-    pricer = BatchPricer(graph, target, cm, channel_multiple=cfg.channel_multiple, min_density=cfg.min_density)
-    pred_dense_s = float(pricer.price_plans([Plan()])["latency_s"][0])
-    info["pred_dense_us"] = pred_dense_s * 1e6
-    log.info("dense: predicted %.1f µs by the refit model", pred_dense_s * 1e6)
-
     # 3. candidates of every method, scored by the same evaluator and cost model
     runs: dict[str, pd.DataFrame] = {}
     secs: dict[str, float] = {}
-    runs["hwsearch"] = search_candidates(cfg, graph, pricer)
+    runs["hwsearch"] = pd.concat([search_candidates(c, graph, pricer) for c in search_cfgs], ignore_index=True)
+    runs["hwsearch"] = runs["hwsearch"].drop_duplicates("plan_key")
     step = 0.1 if args.quick else 0.05
     t0 = time.perf_counter()
     runs["uniform-channel"] = baselines.evaluate_plans(
@@ -415,9 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     secs["global-magnitude"] = time.perf_counter() - t0
     na = baselines.netadapt(graph, ev, cm, min(args.budgets) * pred_dense_s, args.netadapt_step)
     runs["netadapt"], secs["netadapt"] = na.table, na.seconds
+    # the search's own space (same patterns offered per layer), drawn uniformly
     space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
-                              min_density=cfg.min_density)
-    rs = baselines.random_search(space, ev, cfg.rounds * cfg.trials, seed=0)
+                              min_density=cfg.min_density, cost_model=cm, memory_matters=cfg.memory_matters)
+    rs = baselines.random_search(space, ev, len(runs["hwsearch"]), seed=0)
     runs["random"], secs["random"] = rs.table, rs.seconds
     info["baseline_s"] = ", ".join(f"{m} {s:.0f} s" for m, s in secs.items()) + \
         f"; NetAdapt {'met' if na.met else 'did not meet'} its budget in {len(na.plans) - 1} iterations"
@@ -440,16 +496,36 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row["best"] = ok.sort_values(["accuracy", "predicted_latency_s"], ascending=[False, True]).iloc[0]
             picks.append(row)
+    # Measured in passes over [dense, every pick]: forward, then reversed (ABBA), so a drift of
+    # the machine's load during the phase weighs on every plan alike; each plan's latency is the
+    # median over the passes (each pass's own figure is a median of repeats).
     measurer.ev = ev
+    order = [Plan()] + list({Plan.from_dict(r["best"]["plan"]).key: Plan.from_dict(r["best"]["plan"])
+                             for r in picks if "best" in r}.values())
+    runs_by_key: dict[str, list[dict]] = {}
+    info["load_before_measuring"] = f"{os.getloadavg()[0]:.1f}"
+    for k in range(args.passes):
+        for plan in (order if k % 2 == 0 else order[::-1]):
+            runs_by_key.setdefault(plan.key, []).append(measurer(plan, again=True))
+    info["load_after_measuring"] = f"{os.getloadavg()[0]:.1f}"
+    info["passes"] = args.passes
+
+    def combined(key: str) -> dict[str, Any]:
+        recs = runs_by_key[key]
+        lat = [r["latency_s"] for r in recs if r.get("latency_s")]
+        if not lat:
+            return {**recs[0], "latency_s": None}
+        return {**next(r for r in recs if r.get("latency_s")), "latency_s": float(np.median(lat)),
+                "latency_iqr_s": float(np.median([r.get("latency_iqr_s") or 0.0 for r in recs if r.get("latency_s")])),
+                "passes_us": [round(x * 1e6, 1) for x in lat]}
     for row in picks:
         if "best" in row:
-            row["rec"] = measurer(Plan.from_dict(row["best"]["plan"]))
-    dense_recs.append(measurer(Plan(), again=True))
-    info["load_after_measuring"] = f"{os.getloadavg()[0]:.1f}"
+            row["rec"] = combined(Plan.from_dict(row["best"]["plan"]).key)
+    dense_recs = runs_by_key[Plan().key]
     dense_lat = [r["latency_s"] for r in dense_recs if r.get("latency_s")]
     if not dense_lat:
         raise SystemExit(f"the dense model could not be measured: {dense_recs[0].get('error')}")
-    dense_s = float(np.mean(dense_lat))
+    dense_s = float(np.median(dense_lat))
     info["dense_us"] = dense_s * 1e6
     info["dense_runs_us"] = [round(x * 1e6, 1) for x in dense_lat]
 
@@ -460,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
              "measured_latency_us": dense_s * 1e6,
              "measured_iqr_us": float(np.mean([r.get("latency_iqr_s") or math.nan for r in dense_recs])) * 1e6,
              "speedup": 1.0, "mac_ratio_limit": 1.0, "meets_budget": None, "flash_bytes": None,
-             "note": "measured before and after the plans: " + ", ".join(f"{x:.1f}" for x in info["dense_runs_us"]) + " µs",
+             "note": "passes: " + ", ".join(f"{x:.1f}" for x in info["dense_runs_us"]) + " µs",
              "measure_mode": dense_recs[0].get("mode"), "measure_date": dense_recs[0].get("date"), "error": None}]
     for row in picks:
         best, rec = row.pop("best", None), row.pop("rec", None)
@@ -477,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                        mac_ratio_limit=dense_macs / max(1, nonzero_macs(graph, plan, cfg)),
                        meets_budget=bool(meas is not None and meas <= row["budget_frac"] * dense_s),
                        flash_bytes=int(best["flash_bytes"]), measure_mode=rec.get("mode"),
-                       measure_date=rec.get("date"), error=rec.get("error"))
+                       measure_date=rec.get("date"), error=rec.get("error"),
+                       note="passes: " + ", ".join(f"{x:.1f}" for x in rec.get("passes_us", [])) + " µs")
         rows.append(row)
     res = pd.DataFrame(rows)
     info.update(measurements=measurer.count, measure_s=measurer.seconds, total_s=time.perf_counter() - t_start,
