@@ -3,8 +3,9 @@
 Round r is the Optuna study ``<study>-round<r>`` in one storage (a SQLite file in the output
 directory by default; any Optuna storage URL works). Trials are multi-objective (accuracy up,
 predicted latency down) with the budgets as constraints (feasible plans first); round 1 starts
-from uniform channel plans as well as random ones, and with budgets a local search around the
-most accurate feasible plans follows the sampler's trials (``polish_trials``). After the trials
+from uniform channel plans (and, with a latency budget, a NetAdapt-style greedy plan) as well
+as random ones, and with budgets a local search around the most accurate feasible plans follows
+the sampler's trials (``polish_trials``). After the trials
 of a round, the top-K Pareto plans not measured yet are folded, measured by the target's
 backend (TVM here) and appended to ``measurements.jsonl``; the cost model is refit from every
 successful record and saved (``costmodel.json``); the next round's study starts from the
@@ -72,6 +73,7 @@ class SearchConfig:
     bn_recalibration: int = 8             # training batches to re-estimate BatchNorm statistics per plan (0: off)
     sampler: str = "nsga2"
     polish_trials: int = 40               # per round, with budgets: local search around the best feasible plans
+    greedy_seed: bool = True              # with a latency budget: round 1 also starts from a NetAdapt-style greedy plan
     costmodel_path: Path | None = None    # start each fit from this saved model (e.g. a profile's LUT)
     seed: int = 0
     worker: str = "main"                  # trials are counted per worker: N workers add N x trials
@@ -321,7 +323,7 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         if not study.trials:
             # round 1 starts from uniform channel plans as well as random ones; later rounds
             # from the previous round's front
-            for p in (prev_front if rnd > 1 else space.seed_plans()):
+            for p in (prev_front if rnd > 1 else space.seed_plans() + _greedy_seeds(graph, ev, cm, cfg, say)):
                 study.enqueue_trial(space.params_of(p), skip_if_exists=True)
         remaining = cfg.trials - len(finished)
         say(f"round {rnd}: worker {cfg.worker!r} has {len(finished)} trials in study {name!r}, running "
@@ -403,6 +405,31 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                                                    not_offered=space.dropped or {})
     result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
     return result
+
+
+def _greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cfg: SearchConfig,
+                  say: Callable[[str], None]) -> list[Plan]:
+    """With a latency budget and ``cfg.greedy_seed``: the last plans of a NetAdapt-style greedy
+    channel pruning down to the budget (:func:`hwsearch.baselines.netadapt`, priced by ``cm``,
+    scored by ``ev``; a few seconds), to start round 1 from. A greedy path is strong near a
+    budget and NSGA-II is strong at recombining: the search starts where the greedy ends, so it
+    cannot do worse than it on the cost model. Empty when there is no budget, nothing to prune
+    or the greedy fails."""
+    if not cfg.greedy_seed or cfg.latency_budget_s is None:
+        return []
+    from hwsearch import baselines
+
+    try:
+        run = baselines.netadapt(graph, ev, cm, cfg.latency_budget_s, step=0.05)
+    except PlanError as exc:
+        log.info("greedy seed skipped: %s", exc)
+        return []
+    tail = [p for p in run.plans[-3:] if p.choices]
+    if tail:
+        last = run.table.iloc[-1]
+        say(f"greedy seed: {len(run.plans) - 1} NetAdapt-style steps in {run.seconds:.1f} s, last plan predicted "
+            f"{last['predicted_latency_s'] * 1e6:.1f} µs, accuracy {last['accuracy']:.4f}")
+    return tail
 
 
 def _config_key(resolved: pd.DataFrame) -> tuple:

@@ -95,3 +95,17 @@ def test_local_search_adds_feasible_new_configurations_within_its_budget(setup):
     # a resumed worker continues the count: with the budget spent, nothing more runs
     if n == 24:
         assert S._polish(study, space, ev, pricer, cfg) is None
+
+
+def test_greedy_seed_is_the_netadapt_path_end_within_the_budget(setup):
+    g, data, target, cm, pricer, dense, space, cfg = setup
+    cfg = dataclasses.replace(cfg, latency_budget_s=0.95 * dense)
+    ev = S.Evaluator(g, data, target, cm, cfg)
+    said = []
+    seeds = S._greedy_seeds(g, ev, cm, cfg, said.append)
+    assert 1 <= len(seeds) <= 3 and said and said[0].startswith("greedy seed:")
+    lat = pricer.price_plans(seeds)["latency_s"]
+    assert lat[-1] <= cfg.latency_budget_s < lat[0] or len(seeds) == 1   # the path ends at the budget
+    assert all(c.pattern == "channel" for p in seeds for c in p.values())
+    assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, greedy_seed=False), said.append) == []
+    assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, latency_budget_s=None), said.append) == []
