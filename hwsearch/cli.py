@@ -59,6 +59,8 @@ def _search_parser(sub) -> None:
                    "statistics of each pruned plan before scoring it (adaptive BN; 0: off); exports carry them")
     p.add_argument("--costmodel", type=Path, default=None, help="start from this saved cost model "
                    "(e.g. the lookup table written by `hwsearch profile`) instead of the analytical one")
+    p.add_argument("--tvm-dir", type=Path, default=None, help="TVM tuning database directory to use and add "
+                   "to (default: OUT/tvm-TARGET); share one between runs to reuse their schedules")
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     p.add_argument("--greedy-seed", action=argparse.BooleanOptionalAction, default=True,
                    help="with a latency budget, start round 1 also from a NetAdapt-style greedy plan")
@@ -173,7 +175,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
         finetune_steps=a.finetune_steps, bn_recalibration=a.bn_recalibration, sampler=a.sampler, seed=a.seed,
         worker=a.worker, costmodel_path=a.costmodel, polish_trials=a.polish_trials,
-        greedy_seed=a.greedy_seed,
+        greedy_seed=a.greedy_seed, tvm_dir=a.tvm_dir,
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)

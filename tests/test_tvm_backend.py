@@ -179,6 +179,30 @@ def test_layers_name_the_weight_of_each_call(work_dir: Path) -> None:
     assert linear[0].name == linear[1].name  # one kernel, two calls
 
 
+def test_quick_sampling_seed_is_a_function_of_the_kernel_not_its_position() -> None:
+    """The same kernel draws the same candidate schedules wherever it sits in a model (and in
+    whichever database), so a plan measured by a search and again by a study runs the same code;
+    a different kernel, or another seed, draws others."""
+    from targets.tvm._compile import fuse, make_target, tuning_tasks
+    from targets.tvm._import import export_model, import_exported
+    from targets.tvm._quick import _rand_state
+
+    target = make_target(default_target())
+
+    def states(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> list[int]:
+        mod = import_exported(export_model(model.eval(), (x,))).mod
+        return [_rand_state(seed, t.dispatched[0]) for t in tuning_tasks(fuse(mod, target), target)]
+
+    torch.manual_seed(0)
+    two = torch.nn.Sequential(torch.nn.Conv1d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv1d(16, 16, 3, padding=1))
+    one = torch.nn.Sequential(torch.nn.Conv1d(16, 16, 3, padding=1))   # other weights, same kernel
+    in_two, in_one = states(two, torch.randn(1, 8, 20)), states(one, torch.randn(1, 16, 20))
+    assert len(in_two) == 2 and len(set(in_two)) == 2 and len(in_one) == 1
+    assert in_one[0] in in_two                       # first in one model, second in the other
+    assert states(one, torch.randn(1, 16, 20), seed=1)[0] != in_one[0]
+
+
 # ---------------------------------------------------------------- failures are records
 
 
