@@ -48,8 +48,14 @@ _MIN_ROWS_PER_KIND = 3
 
 def static_signature(row: Any) -> str:
     """The part of a layer's kernel signature that no plan changes: kind, kernel, stride,
-    padding and input spatial size (a row of the layer table or of a resolved plan)."""
-    return f"{row['kind']}|w{tuple(row['weight_shape'])[2:]}|s{row['stride']}|p{row['padding']}|i{tuple(row['in_shape'])[2:]}"
+    padding, input spatial size and the fused epilogue (a row of the layer table or of a
+    resolved plan). The epilogue matters: on host-x86 quick mode the same 64→48 conv measured
+    30 µs fused with BatchNorm+ReLU and 19 µs fused with BatchNorm+add+ReLU (distinct TVM
+    kernels, distinct schedules)."""
+    epi = row.get("epilogue", "") if hasattr(row, "get") else ""
+    epi = epi if isinstance(epi, str) else ""
+    return (f"{row['kind']}|w{tuple(row['weight_shape'])[2:]}|s{row['stride']}|p{row['padding']}"
+            f"|i{tuple(row['in_shape'])[2:]}" + (f"|e{epi}" if epi else ""))
 
 
 def kernel_signature(static: str, kept_in: int, kept_out: int, density: float | None) -> str:

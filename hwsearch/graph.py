@@ -47,6 +47,32 @@ _LAYER_OPS = {
 _UNCOVERED_OPS = ("conv3d", "conv_transpose", "convolution", "matmul", "bmm", ".mm.", "addmm", "baddbmm",
                   "einsum", "scaled_dot_product_attention", "embedding")
 _UNKNOWN_GROUP = -1
+# Elementwise ops a compiler fuses into the kernel of the layer before them (TVM's FuseOps, an
+# epilogue): two layers of one shape with different epilogues are different kernels.
+_EPILOGUE_OPS = frozenset({
+    "batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu_", "relu6", "hardtanh", "hardtanh_",
+    "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "elu", "clamp", "add", "add_",
+    "sub", "mul", "div", "dropout"})
+
+
+def _epilogue(node: torch.fx.Node) -> str:
+    """The chain of elementwise ops that follows ``node`` alone ("batch_norm+add+relu"), as a
+    compiler fuses it into the layer's kernel; "" when none does."""
+    ops: list[str] = []
+    cur = node
+    while len(cur.users) == 1:
+        (user,) = cur.users
+        if user.op != "call_function":
+            break
+        name = str(user.target).split(".")[1] if str(user.target).startswith("aten.") else str(user.target)
+        if name == "getitem" or "getitem" in name:
+            cur = user
+            continue
+        if name not in _EPILOGUE_OPS:
+            break
+        ops.append(name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name)
+        cur = user
+    return "+".join(ops)
 
 
 @dataclass(frozen=True)
@@ -192,7 +218,7 @@ def analyze(
             "has_bias": mod.bias is not None, "macs": int(macs), "params": int(params),
             "weight_params": int(w.numel()),
             "act_in_bytes": _nbytes(x_val), "act_out_bytes": _nbytes(y_val),
-            "dtype_bytes": w.element_size(), "calls": 1,
+            "dtype_bytes": w.element_size(), "calls": 1, "epilogue": _epilogue(node),
         }
     if not rows:
         raise ModelError(

@@ -75,6 +75,7 @@ class SearchConfig:
     polish_trials: int = 40               # per round, with budgets: local search around the best feasible plans
     greedy_seed: bool = True              # with a latency budget: round 1 also starts from a NetAdapt-style greedy plan
     costmodel_path: Path | None = None    # start each fit from this saved model (e.g. a profile's LUT)
+    tvm_dir: Path | None = None           # TVM tuning database to use; default <out_dir>/tvm-<target>
     seed: int = 0
     worker: str = "main"                  # trials are counted per worker: N workers add N x trials
     latency_budget_s: float | None = None
@@ -287,7 +288,9 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             log.info("pattern %s not offered on %s: %s", pat, layer, reason)
     rec_path = out / "measurements.jsonl"
     cm_path = out / "costmodel.json"
-    work_dir = out / f"tvm-{target.name}"  # one tuning database per target (records are keyed by kernel)
+    # one tuning database per target (records are keyed by kernel); a shared one (``tvm_dir``)
+    # lets runs reuse each other's schedules, so a plan measures the same in all of them
+    work_dir = Path(cfg.tvm_dir) if cfg.tvm_dir else out / f"tvm-{target.name}"
     result = SearchResult(cfg, out_dir=out)
     constrained = any(b is not None for b in (cfg.latency_budget_s, cfg.flash_budget_bytes, cfg.sram_budget_bytes))
 
@@ -432,7 +435,7 @@ def _greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cf
     return tail
 
 
-def _config_key(resolved: pd.DataFrame) -> tuple:
+def config_key(resolved: pd.DataFrame) -> tuple:
     """What a plan does to the model (kept channels, pattern, density per layer): plans whose
     ratios round to the same channel counts are one configuration."""
     return tuple((layer, int(r["kept_in"]), int(r["kept_out"]), str(r["pattern"]), round(float(r["weight_density"]), 4))
@@ -466,7 +469,7 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
     start = ok[0].values[0]
     best = start
     n_run = stale = 0
-    seen = {_config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
+    seen = {config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
             for t in study.trials if t.user_attrs.get("plan") is not None}
     while left > 0:
         ok = sorted((t for t in study.trials if feasible(t)), key=lambda t: (-t.values[0], t.values[1]))
@@ -474,7 +477,7 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
         for t in ok[:3]:
             for p in space.neighbours(Plan.from_dict(t.user_attrs["plan"]), seed=cfg.seed + t.number):
                 try:
-                    key = _config_key(ev.decisions(p).resolved)
+                    key = config_key(ev.decisions(p).resolved)
                 except PlanError:
                     continue
                 if key not in seen and key not in cands:
@@ -491,7 +494,7 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
         if not batch:
             break
         for p in batch:
-            seen.add(_config_key(ev.decisions(p).resolved))
+            seen.add(config_key(ev.decisions(p).resolved))
             study.enqueue_trial(space.params_of(p))
         _run_trials(study, space, ev, pricer, len(batch), cfg, False, phase="polish")
         left -= len(batch)

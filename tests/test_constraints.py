@@ -81,7 +81,7 @@ def test_local_search_adds_feasible_new_configurations_within_its_budget(setup):
     ev = S.Evaluator(g, data, target, cm, cfg)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=S._sampler(cfg, True))
     S._run_trials(study, space, ev, pricer, 40, cfg, show_bars=False)
-    before = {S._config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved) for t in study.trials}
+    before = {S.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved) for t in study.trials}
     best_before = max(t.values[0] for t in study.trials if t.user_attrs["constraints"][0] <= 0)
     start, best, n = S._polish(study, space, ev, pricer, cfg)
     polished = [t for t in study.trials if t.user_attrs.get("phase") == "polish"]
@@ -89,7 +89,7 @@ def test_local_search_adds_feasible_new_configurations_within_its_budget(setup):
     assert 0 < n == len(polished) <= 24
     for t in polished:
         assert t.user_attrs["constraints"][0] <= 0                      # only feasible neighbours
-        key = S._config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
+        key = S.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
         assert key not in before                                        # nothing evaluated twice
         before.add(key)
     # a resumed worker continues the count: with the budget spent, nothing more runs

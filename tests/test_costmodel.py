@@ -150,3 +150,28 @@ def test_refit_corrects_measured_kernels_and_fits_the_glue(resdw):
     with tempfile.TemporaryDirectory() as d:
         back = RooflineModel.load(cm.save(f"{d}/m.json"), get_target("host-x86"))
     assert back.corrections == cm.corrections and back.total_latency(res[3]) == pytest.approx(cm.total_latency(res[3]))
+
+
+def test_same_shape_layers_with_different_fused_epilogues_are_different_kernels():
+    """res1 and res2 of the reference CNN are both 64→64 k3 convs, but TVM fuses BatchNorm+ReLU
+    into one and BatchNorm+add+ReLU into the other: two kernels, two schedules. A refit must
+    learn a correction for each (one shared signature would average them)."""
+    from costmodels.analytical import RooflineModel
+    from hwsearch import zoo
+
+    g = analyze(*zoo.mnist1d_cnn())
+    assert g.table.at["res1", "epilogue"] == "batch_norm+relu"
+    assert g.table.at["res2", "epilogue"] == "batch_norm+add+relu"
+    assert g.table.at["head", "epilogue"] == ""
+    prior = RooflineModel(get_target("host-x86"))
+    cm = RooflineModel(get_target("host-x86"))
+    r = _res(g, Plan())
+    sig = dict(zip(r.index, cm.signatures(r)))
+    assert sig["res1"] != sig["res2"]
+    lat, _ = prior.layer_latency(r)
+    layer = dict(zip(r.index, lat))
+    layer["res2"] *= 0.6                                   # the add-fused kernel got a faster schedule
+    cm.refit([Sample(r, sum(layer.values()) + 5e-6, layer)])
+    assert cm.corrections[sig["res2"]] == pytest.approx(0.6 * cm.corrections[sig["res1"]], rel=1e-6)
+    pred, _ = cm.layer_latency(r)
+    assert dict(zip(r.index, pred))["res2"] == pytest.approx(layer["res2"], rel=1e-6)
