@@ -64,6 +64,9 @@ def _search_parser(sub) -> None:
     p.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
     p.add_argument("--greedy-seed", action=argparse.BooleanOptionalAction, default=True,
                    help="with a latency budget, start round 1 also from a NetAdapt-style greedy plan")
+    p.add_argument("--edge-seeds", type=int, default=64,
+                   help="with a latency budget, start round 1 also from up to this many channel plans on the budget's "
+                   "edge, all of them when the kept-channel lattice is small (0: off)")
     p.add_argument("--polish-trials", type=int, default=40, help="with budgets: up to this many more trials per "
                    "round of local search around the most accurate feasible plans (0: off)")
     p.add_argument("--seed", type=int, default=0)
@@ -175,7 +178,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
         finetune_steps=a.finetune_steps, bn_recalibration=a.bn_recalibration, sampler=a.sampler, seed=a.seed,
         worker=a.worker, costmodel_path=a.costmodel, polish_trials=a.polish_trials,
-        greedy_seed=a.greedy_seed, tvm_dir=a.tvm_dir,
+        greedy_seed=a.greedy_seed, edge_seeds=a.edge_seeds, tvm_dir=a.tvm_dir,
         latency_budget_s=a.latency_budget_us * 1e-6 if a.latency_budget_us else None,
         flash_budget_bytes=int(a.flash_budget_kb * 1024) if a.flash_budget_kb else None,
         sram_budget_bytes=int(a.sram_budget_kb * 1024) if a.sram_budget_kb else None)

@@ -3,8 +3,8 @@
 Round r is the Optuna study ``<study>-round<r>`` in one storage (a SQLite file in the output
 directory by default; any Optuna storage URL works). Trials are multi-objective (accuracy up,
 predicted latency down) with the budgets as constraints (feasible plans first); round 1 starts
-from uniform channel plans (and, with a latency budget, a NetAdapt-style greedy plan) as well
-as random ones, and with budgets a local search around the most accurate feasible plans follows
+from uniform channel plans (and, with a latency budget, a NetAdapt-style greedy plan and the
+channel plans on the budget's edge, :meth:`SearchSpace.edge_plans`) as well as random ones, and with budgets a local search around the most accurate feasible plans follows
 the sampler's trials (``polish_trials``). After the trials
 of a round, the top-K Pareto plans not measured yet are folded, measured by the target's
 backend (TVM here) and appended to ``measurements.jsonl``; the cost model is refit from every
@@ -74,6 +74,7 @@ class SearchConfig:
     sampler: str = "nsga2"
     polish_trials: int = 40               # per round, with budgets: local search around the best feasible plans
     greedy_seed: bool = True              # with a latency budget: round 1 also starts from a NetAdapt-style greedy plan
+    edge_seeds: int = 64                  # with a latency budget: round 1 also starts from up to this many plans on its edge
     costmodel_path: Path | None = None    # start each fit from this saved model (e.g. a profile's LUT)
     tvm_dir: Path | None = None           # TVM tuning database to use; default <out_dir>/tvm-<target>
     seed: int = 0
@@ -109,9 +110,9 @@ class SearchConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise PlanError(f"{name} {v} must be positive")
-        if self.bn_recalibration < 0 or self.finetune_steps < 0 or self.polish_trials < 0:
-            raise PlanError(f"bn_recalibration ({self.bn_recalibration}), finetune_steps ({self.finetune_steps}) "
-                            f"and polish_trials ({self.polish_trials}) must be >= 0")
+        if min(self.bn_recalibration, self.finetune_steps, self.polish_trials, self.edge_seeds) < 0:
+            raise PlanError(f"bn_recalibration ({self.bn_recalibration}), finetune_steps ({self.finetune_steps}), "
+                            f"polish_trials ({self.polish_trials}) and edge_seeds ({self.edge_seeds}) must be >= 0")
         if self.channel_multiple < 1:
             raise PlanError(f"channel_multiple {self.channel_multiple} must be >= 1")
 
@@ -326,7 +327,9 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         if not study.trials:
             # round 1 starts from uniform channel plans as well as random ones; later rounds
             # from the previous round's front
-            for p in (prev_front if rnd > 1 else space.seed_plans() + _greedy_seeds(graph, ev, cm, cfg, say)):
+            seeds = prev_front if rnd > 1 else (space.seed_plans() + _greedy_seeds(graph, ev, cm, cfg, say)
+                                                + _edge_seeds(space, ev, pricer_for(cm), cfg, say))
+            for p in seeds:
                 study.enqueue_trial(space.params_of(p), skip_if_exists=True)
         remaining = cfg.trials - len(finished)
         say(f"round {rnd}: worker {cfg.worker!r} has {len(finished)} trials in study {name!r}, running "
@@ -433,6 +436,30 @@ def _greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cf
         say(f"greedy seed: {len(run.plans) - 1} NetAdapt-style steps in {run.seconds:.1f} s, last plan predicted "
             f"{last['predicted_latency_s'] * 1e6:.1f} µs, accuracy {last['accuracy']:.4f}")
     return tail
+
+
+def _edge_seeds(space: SearchSpace, ev: Evaluator, pricer: Any, cfg: SearchConfig,
+                say: Callable[[str], None]) -> list[Plan]:
+    """With a latency budget: up to ``cfg.edge_seeds`` channel plans on the budget's edge
+    (:meth:`SearchSpace.edge_plans`, priced by the round's model; every one of them when the
+    kept-channel lattice is small), one per configuration, to start round 1 from. Empty
+    without a budget."""
+    if cfg.latency_budget_s is None or cfg.edge_seeds <= 0:
+        return []
+    # at most half the round's trials: the sampler keeps the rest
+    n = min(cfg.edge_seeds, max(1, cfg.trials // 2))
+    plans = space.edge_plans(lambda ps: pricer.price_plans(ps)["latency_s"], cfg.latency_budget_s,
+                             channel_multiple=cfg.channel_multiple, limit=n, seed=cfg.seed)
+    seen: set[tuple] = set()
+    out = []
+    for p in plans:
+        key = config_key(ev.decisions(p).resolved)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    if out:
+        say(f"edge seeds: {len(out)} distinct plans on the edge of the {cfg.latency_budget_s * 1e6:.1f} µs budget")
+    return out
 
 
 def config_key(resolved: pd.DataFrame) -> tuple:

@@ -136,6 +136,90 @@ class SearchSpace:
             out.append(Plan({layer: LayerChoice("channel", round(r, 6)) for layer in layers}))
         return list({p.key: p for p in out}.values())
 
+    def channel_levels(self, channel_multiple: int = 8) -> dict[str, list[float]]:
+        """Per layer that may lose channels: the grid ratios that keep distinct channel counts
+        (the smallest ratio of each count, 0 first): the lattice channel plans live on, once
+        kept channels are rounded to ``channel_multiple``."""
+        from hwsearch.plan import resolve
+
+        out: dict[str, list[float]] = {}
+        t, groups = self.graph.table, self.graph.groups
+        for layer, opts in self.allowed.items():
+            if "channel" not in opts:
+                continue
+            seen: dict[int, float] = {}
+            for k in range(int(round(self.max_ratio / self.step)) + 1):
+                r = round(k * self.step, 6)
+                plan = Plan({layer: LayerChoice("channel", r)}) if r > 0 else Plan()
+                res = resolve(t, groups, plan, channel_multiple=channel_multiple, min_density=self.min_density)
+                seen.setdefault(int(res.at[layer, "kept_out"]), r)
+            out[layer] = sorted(seen.values())
+        return out
+
+    def edge_plans(self, price, budget_s: float, *, channel_multiple: int = 8, limit: int = 64,
+                   max_lattice: int = 50_000, seed: int = 0, levels: int = 41) -> list[Plan]:
+        """Channel plans on the edge of a latency budget: within it (by ``price``, a callable
+        from a list of plans to latencies in seconds, e.g. a
+        :class:`~costmodels.batch.BatchPricer`'s), while one level less pruning of any single
+        layer would exceed it. Accuracy falls as channels go, so the most accurate feasible
+        channel plans are among these: a search seeded here spends its trials where the answer
+        is (NetAdapt, AMC and HALP likewise aim every step at the budget).
+
+        When the lattice of kept-channel counts (:meth:`channel_levels`) has at most
+        ``max_lattice`` points, every point is priced in one batch and the edge is exact; at
+        most ``limit`` of its plans are returned (a seeded sample when there are more).
+        Otherwise, for ``limit`` seeded random directions (a weight per layer, about 40 % of
+        layers left dense) the least pruning along each direction that meets the budget."""
+        import itertools
+        import math as _math
+
+        import numpy as np
+
+        lv = self.channel_levels(channel_multiple)
+        layers = list(lv)
+        if not layers or limit <= 0:
+            return []
+        rng = np.random.default_rng(seed)
+
+        def plan_of(ratios) -> Plan:
+            return Plan({layer: LayerChoice("channel", float(r)) for layer, r in zip(layers, ratios) if r > 0})
+
+        shape = tuple(len(lv[layer]) for layer in layers)
+        if _math.prod(shape) <= max_lattice:
+            combos = list(itertools.product(*(range(n) for n in shape)))
+            plans = [plan_of([lv[layer][i] for layer, i in zip(layers, c)]) for c in combos]
+            feas = (np.asarray(price(plans), dtype=float) <= budget_s).reshape(shape)
+            edge = feas.copy()
+            for ax in range(len(shape)):   # one level less pruning on axis ax must be over the budget
+                less = np.ones(shape, dtype=bool)
+                sl_to = [slice(None)] * len(shape)
+                sl_from = [slice(None)] * len(shape)
+                sl_to[ax], sl_from[ax] = slice(1, None), slice(None, -1)
+                less[tuple(sl_to)] = ~feas[tuple(sl_from)]
+                edge &= less
+            flat = np.flatnonzero(edge.ravel())
+            if len(flat) > limit:
+                flat = np.sort(rng.choice(flat, size=limit, replace=False))
+            return [plans[int(i)] for i in flat]
+        # too many points to price them all: along random directions
+        alphas = np.linspace(0.0, 1.0, levels)
+        grid: list[Plan] = []
+        for _ in range(limit):
+            w = rng.uniform(0.0, 1.0, len(layers)) * (rng.uniform(size=len(layers)) < 0.6)
+            if not w.any():
+                w[rng.integers(len(layers))] = 1.0
+            w = w / w.max()
+            for a in alphas:
+                grid.append(plan_of(np.round(a * w * self.max_ratio / self.step) * self.step))
+        lat = np.asarray(price(grid), dtype=float).reshape(limit, levels)
+        out: dict[str, Plan] = {}
+        for i in range(limit):
+            ok = np.flatnonzero(lat[i] <= budget_s)
+            if len(ok):
+                p = grid[i * levels + int(ok[0])]
+                out.setdefault(p.key, p)
+        return list(out.values())
+
     def neighbours(self, plan: Plan, *, steps: tuple[int, ...] = (1, 2, 3, 4), max_pairs: int = 400,
                    seed: int = 0) -> list[Plan]:
         """Plans one move from ``plan`` on the space's grid: one layer's sparsity up or down by

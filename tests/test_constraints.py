@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -16,7 +17,7 @@ from costmodels.batch import BatchPricer
 from hwsearch import search as S
 from hwsearch import zoo
 from hwsearch.graph import analyze
-from hwsearch.plan import Plan
+from hwsearch.plan import LayerChoice, Plan
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 
@@ -109,3 +110,58 @@ def test_greedy_seed_is_the_netadapt_path_end_within_the_budget(setup):
     assert all(c.pattern == "channel" for p in seeds for c in p.values())
     assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, greedy_seed=False), said.append) == []
     assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, latency_budget_s=None), said.append) == []
+
+
+def test_edge_plans_are_exactly_the_budgets_edge_of_the_channel_lattice(setup):
+    """Every edge plan is within the budget, one level less pruning of any layer is over it,
+    and every feasible point of the kept-channel lattice prunes at least as much as some edge
+    plan (nothing on the edge is missed); the random-direction fallback stays within it too."""
+    import itertools
+
+    g, data, target, cm, pricer, dense, space, cfg = setup
+
+    def price(plans):
+        return pricer.price_plans(plans)["latency_s"]
+
+    budget = 0.96 * dense            # the width-8 model's default pricing is mostly fixed overheads
+    lv = space.channel_levels(channel_multiple=1)
+    layers = list(lv)
+    assert len(layers) >= 2 and all(v[0] == 0.0 and v == sorted(v) for v in lv.values())
+
+    def plan_of(idx):
+        return Plan({la: LayerChoice("channel", lv[la][i]) for la, i in zip(layers, idx) if i > 0})
+
+    def idx_of(p):
+        return tuple(lv[la].index(p.get_choice(la).ratio if p.get_choice(la).pattern == "channel" else 0.0)
+                     for la in layers)
+
+    edge = space.edge_plans(price, budget, channel_multiple=1, limit=100_000)
+    assert len(edge) >= 2 and (price(edge) <= budget).all()
+    eidx = [idx_of(p) for p in edge]
+    for e in eidx:
+        less = [plan_of(e[:j] + (e[j] - 1,) + e[j + 1:]) for j in range(len(e)) if e[j] > 0]
+        assert (price(less) > budget).all()
+    pts = list(itertools.product(*(range(len(lv[la])) for la in layers)))
+    lat = price([plan_of(c) for c in pts])
+    feasible = np.array([c for c, t in zip(pts, lat) if t <= budget])
+    assert len(feasible) > len(eidx)
+    assert (np.array(eidx)[None, :, :] <= feasible[:, None, :]).all(-1).any(-1).all()
+    # a sample when the edge is longer than the limit; directions when the lattice is too big
+    assert len(space.edge_plans(price, budget, channel_multiple=1, limit=2)) == 2
+    rnd = space.edge_plans(price, budget, channel_multiple=1, limit=8, max_lattice=1)
+    assert 1 <= len(rnd) <= 8 and (price(rnd) <= budget).all()
+    assert space.edge_plans(price, budget, channel_multiple=1, limit=0) == []
+
+
+def test_edge_seeds_need_a_latency_budget_and_are_distinct_configurations(setup):
+    g, data, target, cm, pricer, dense, space, cfg = setup
+    ev = S.Evaluator(g, data, target, cm, cfg)
+    said = []
+    seeds = S._edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=0.96 * dense, trials=40),
+                          said.append)
+    assert 1 <= len(seeds) <= 20 and said and said[0].startswith("edge seeds:")
+    keys = [S.config_key(ev.decisions(p).resolved) for p in seeds]
+    assert len(set(keys)) == len(keys)
+    assert S._edge_seeds(space, ev, pricer, cfg, said.append) == []
+    assert S._edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=dense, edge_seeds=0),
+                         said.append) == []
