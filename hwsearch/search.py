@@ -4,12 +4,13 @@ Round r is the Optuna study ``<study>-round<r>`` in one storage (a SQLite file i
 directory by default; any Optuna storage URL works). Trials are multi-objective (accuracy up,
 predicted latency down) with the budgets as constraints (feasible plans first); round 1 starts
 from uniform channel plans (and, with a latency budget, a NetAdapt-style greedy plan and the
-channel plans on the budget's edge, :meth:`SearchSpace.edge_plans`) as well as random ones, and with budgets a local search around the most accurate feasible plans follows
-the sampler's trials (``polish_trials``). After the trials
-of a round, the top-K Pareto plans not measured yet are folded, measured by the target's
-backend (TVM here) and appended to ``measurements.jsonl``; the cost model is refit from every
-successful record and saved (``costmodel.json``); the next round's study starts from the
-previous front (enqueued) and prices plans with the refit model.
+channel plans on the budget's edge, :meth:`SearchSpace.edge_plans`) as well as random ones,
+and with budgets a local search around the most accurate feasible plans follows the
+sampler's trials (``polish_trials``). After the trials of a round, the top-K Pareto plans not
+measured yet are folded, measured by the target's backend (TVM here) and appended to
+``measurements.jsonl``; the cost model is refit from every successful record and saved
+(``costmodel.json``); the next round's study starts from the previous front (enqueued) and
+prices plans with the refit model.
 
 Rerunning the same command resumes: finished trials, measurements and fits are kept; only what
 is missing is done.
@@ -325,8 +326,8 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         finished = [t for t in mine if t.state == optuna.trial.TrialState.COMPLETE
                     and t.user_attrs.get("phase") != "polish"]
         if not study.trials:
-            # round 1 starts from uniform channel plans as well as random ones; later rounds
-            # from the previous round's front
+            # round 1 starts from uniform channel plans, the greedy path's end and the budget's
+            # edge as well as random ones; later rounds from the previous round's front
             seeds = prev_front if rnd > 1 else (space.seed_plans() + _greedy_seeds(graph, ev, cm, cfg, say)
                                                 + _edge_seeds(space, ev, pricer_for(cm), cfg, say))
             for p in seeds:

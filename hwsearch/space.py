@@ -182,7 +182,7 @@ class SearchSpace:
         rng = np.random.default_rng(seed)
 
         def plan_of(ratios) -> Plan:
-            return Plan({layer: LayerChoice("channel", float(r)) for layer, r in zip(layers, ratios) if r > 0})
+            return Plan({layer: LayerChoice("channel", round(float(r), 6)) for layer, r in zip(layers, ratios) if r > 0})
 
         shape = tuple(len(lv[layer]) for layer in layers)
         if _math.prod(shape) <= max_lattice:

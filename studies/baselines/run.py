@@ -244,6 +244,12 @@ def write_readme(res: pd.DataFrame, info: dict[str, Any], path: Path, short: pd.
         "",
     ]
     lines += summary(res, info, short)
+    rep = path.parent / "replication" / "results.csv"
+    if rep.exists():   # a second run of the study, from an empty work directory
+        r2 = pd.read_csv(rep)
+        picks2 = r2[(r2.method != "dense") & r2.measured_latency_us.notna()]
+        lines.append("- Replication (`replication/`, a second run from an empty work directory): " + " ".join(
+            f"budget {bf:.0%}: {verdict(g)}" for bf, g in sorted(picks2.groupby("budget_frac"), key=lambda kv: -kv[0])))
     lines += [
         "",
         "Files: `results.csv` (this table with plan JSON, flash/SRAM bytes, measurement provenance), "
