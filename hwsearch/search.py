@@ -478,9 +478,9 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
     feasible neighbours on the grid (:meth:`SearchSpace.neighbours`: one layer's sparsity up or
     down, or a trade between two layers), priced first in one batch, configurations already
     tried skipped, the 16 nearest the budget first; repeat from the new best ones until two
-    batches bring no gain, up to ``cfg.polish_trials`` trials per worker and round. The trials go through the
-    study (enqueued, then asked and told like any other, tagged ``phase=polish``), so a resumed
-    worker continues the count. Returns (best accuracy before, after, trials run), or None when
+    batches bring no gain, up to ``cfg.polish_trials`` trials per worker and round. The trials
+    go through the study (enqueued, then asked and told like any other, tagged
+    ``phase=polish``), so a resumed worker continues the count. Returns (best accuracy before, after, trials run), or None when
     the study has no feasible plan to start from or the local search has already run."""
     def mine_polish() -> int:
         return sum(1 for t in study.trials if t.user_attrs.get("worker") == cfg.worker
@@ -512,17 +512,18 @@ def _polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
                     cands[key] = p
         if not cands:
             break
-        plans = list(cands.values())
+        keys, plans = list(cands), list(cands.values())
         priced = pricer.price_plans(plans)
         viol = [max(ev.violations(float(priced["latency_s"][i]), int(priced["flash_bytes"][i]),
                                   int(priced["sram_bytes"][i])) or [0.0]) for i in range(len(plans))]
         # feasible ones, nearest the budget first (the accuracy is where the budget is spent)
         order = sorted((v, i) for i, v in enumerate(viol) if v <= 0)
-        batch = [plans[i] for _, i in order[::-1][:min(left, 16)]]
-        if not batch:
+        chosen = [i for _, i in order[::-1][:min(left, 16)]]
+        if not chosen:
             break
+        batch = [plans[i] for i in chosen]
+        seen.update(keys[i] for i in chosen)
         for p in batch:
-            seen.add(config_key(ev.decisions(p).resolved))
             study.enqueue_trial(space.params_of(p))
         _run_trials(study, space, ev, pricer, len(batch), cfg, False, phase="polish")
         left -= len(batch)

@@ -8,14 +8,17 @@ is ``min_density``: no layer keeps fewer than that fraction of its weights or ch
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 
 from hwsearch import patterns
 from hwsearch.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import LayerChoice, Plan, PATTERN_NAMES
+from hwsearch.plan import LayerChoice, Plan, PATTERN_NAMES, resolve
 
 __all__ = ["SearchSpace"]
 
@@ -122,12 +125,16 @@ class SearchSpace:
             params[f"{layer}:ratio"] = min(self.max_ratio, round(c.ratio / self.step) * self.step)
         return params
 
+    def channel_layers(self) -> list[str]:
+        """The layers that may lose channels (channel-group leaders offered ``channel``)."""
+        return [layer for layer, opts in self.allowed.items() if "channel" in opts]
+
     def seed_plans(self, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)) -> list[Plan]:
         """Uniform channel plans (every layer that may lose channels at one ratio; ratios on the
         space's grid and at most ``max_ratio``): the first generation of a search starts from
         these classic hand-set points as well as from random ones, so the search begins where the
         uniform baseline ends. Empty when no layer may lose channels."""
-        layers = [layer for layer, opts in self.allowed.items() if "channel" in opts]
+        layers = self.channel_layers()
         if not layers:
             return []
         out = []
@@ -140,13 +147,9 @@ class SearchSpace:
         """Per layer that may lose channels: the grid ratios that keep distinct channel counts
         (the smallest ratio of each count, 0 first): the lattice channel plans live on, once
         kept channels are rounded to ``channel_multiple``."""
-        from hwsearch.plan import resolve
-
         out: dict[str, list[float]] = {}
         t, groups = self.graph.table, self.graph.groups
-        for layer, opts in self.allowed.items():
-            if "channel" not in opts:
-                continue
+        for layer in self.channel_layers():
             seen: dict[int, float] = {}
             for k in range(int(round(self.max_ratio / self.step)) + 1):
                 r = round(k * self.step, 6)
@@ -170,11 +173,6 @@ class SearchSpace:
         most ``limit`` of its plans are returned (a seeded sample when there are more).
         Otherwise, for ``limit`` seeded random directions (a weight per layer, about 40 % of
         layers left dense) the least pruning along each direction that meets the budget."""
-        import itertools
-        import math as _math
-
-        import numpy as np
-
         lv = self.channel_levels(channel_multiple)
         layers = list(lv)
         if not layers or limit <= 0:
@@ -185,7 +183,7 @@ class SearchSpace:
             return Plan({layer: LayerChoice("channel", round(float(r), 6)) for layer, r in zip(layers, ratios) if r > 0})
 
         shape = tuple(len(lv[layer]) for layer in layers)
-        if _math.prod(shape) <= max_lattice:
+        if math.prod(shape) <= max_lattice:
             combos = list(itertools.product(*(range(n) for n in shape)))
             plans = [plan_of([lv[layer][i] for layer, i in zip(layers, c)]) for c in combos]
             feas = (np.asarray(price(plans), dtype=float) <= budget_s).reshape(shape)

@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     info.update(fit_n=fit.n if fit else 0, fit_mape=fit.mape_after if fit else math.nan,
                 cm_identity=cm.identity, cm_params={k: v for k, v in cm.params().items() if k != "dtype"})
     # measured / roofline time of the dense model's own kernels (the calibration measured them)
-    dense_res = Evaluator(graph, data, target, cm, base_cfg).decisions(Plan()).resolved
+    dense_res = measurer.ev.decisions(Plan()).resolved
     info["dense_corrections"] = [cm.corrections.get(sig) for sig in cm.signatures(dense_res)]
     pricer = BatchPricer(graph, target, cm, channel_multiple=base_cfg.channel_multiple,
                          min_density=base_cfg.min_density)

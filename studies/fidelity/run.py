@@ -98,10 +98,7 @@ def main() -> int:
 
     keys = {pl.key for pl in plans}
     ok, factors = _combine([d for d in done if d["plan_key"] in keys and d.get("pass", 0) < a.passes])
-    rng = np.random.default_rng(a.seed)
-    idx = rng.permutation(len(ok))
-    train = [ok[i] for i in idx[: len(ok) // 2]]
-    test = [ok[i] for i in idx[len(ok) // 2:]]
+    train, test = _halves(ok, a.seed)
 
     def samples(recs):
         return [Sample(resolve(graph.table, graph.groups, Plan.from_dict(r["plan"])), float(r["latency_s"]),
@@ -186,14 +183,18 @@ def _combine(recs: list[dict], gap_s: float = 600.0) -> tuple[list[dict], dict[s
     return out, {f"sitting {s + 1} ({starts[s]}, {sitting.count(s)} measurements)": f for s, f in factor.items()}
 
 
+def _halves(ok: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded 50/50 split of the measured plans: (fit on, held out)."""
+    idx = np.random.default_rng(seed).permutation(len(ok))
+    return [ok[i] for i in idx[: len(ok) // 2]], [ok[i] for i in idx[len(ok) // 2:]]
+
+
 def _split_spread(graph, target, prof, ok: list[dict], samples, seed: int, n: int) -> pd.DataFrame:
     """The refit models' held-out scores over ``n`` more seeded 50/50 splits of the same plans
     (split 0 is the table's): how much the headline depends on which plans were held out."""
     rows = []
     for k in range(n):
-        idx = np.random.default_rng(seed + k).permutation(len(ok))
-        train = samples([ok[i] for i in idx[: len(ok) // 2]])
-        test = samples([ok[i] for i in idx[len(ok) // 2:]])
+        train, test = (samples(h) for h in _halves(ok, seed + k))
         meas = np.array([s.latency_s for s in test])
         for name, m in (("roofline refit", costmodels.default_for(target)), ("LUT refit", LUTModel.from_profile(target, prof))):
             m.refit(train)
