@@ -3,7 +3,6 @@ of the device's machine; the plan pick follows the accuracy rule."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -11,6 +10,7 @@ from hwsearch import export, records
 from hwsearch.graph import analyze
 from hwsearch.plan import LayerChoice, Plan
 from targets.spec import get_target
+from targets.toolchains import cross_c_missing
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,9 @@ def test_host_bundle_verifies(graph, tmp_path):
 
 
 def test_aarch64_bundle_is_an_aarch64_shared_object(graph, tmp_path):
-    if shutil.which("aarch64-linux-gnu-gcc") is None:
-        pytest.skip("aarch64-linux-gnu-gcc not found: apt-get install gcc-aarch64-linux-gnu")
+    why = cross_c_missing("aarch64-linux-gnu-gcc")
+    if why:
+        pytest.skip(why)
     m = export.bundle(graph, PLAN, get_target("cortex-a76"), tmp_path / "b", channel_multiple=4)
     assert "error" not in m["artifacts"], m["artifacts"]
     head = (tmp_path / "b" / m["artifacts"]["tvm_library"]).read_bytes()[:20]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from targets.toolchains import cross_c_missing
 from targets.tvm import (
     EvaluatorConfig,
     MeasureResult,
@@ -289,9 +289,9 @@ def test_build_library_host(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_build_library_aarch64_is_an_aarch64_elf(tmp_path: Path) -> None:
-    compiler = shutil.which("aarch64-linux-gnu-gcc")
-    if compiler is None:
-        pytest.skip("aarch64-linux-gnu-gcc not installed (Debian: gcc-aarch64-linux-gnu)")
+    why = cross_c_missing("aarch64-linux-gnu-gcc")
+    if why:
+        pytest.skip(why)
     out = build_library(TinyNet(), _inputs(), out_path=tmp_path / "tiny_aarch64.so",
                         work_dir=tmp_path,
                         tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"},

@@ -41,6 +41,12 @@ def build_library(
     from ._import import as_input_tuple, export_model, import_exported
     from ._rpc import exporter
 
+    if cross_compiler:
+        from targets.toolchains import cross_c_missing
+
+        missing = cross_c_missing(cross_compiler)
+        if missing:  # before the compile: a link without the target's C library cannot succeed
+            raise BuildFailure(missing)
     target = make_target(default_target() if tvm_target is None else tvm_target)
     imported = import_exported(export_model(model, as_input_tuple(example_inputs)))
     work_dir = Path(work_dir)
