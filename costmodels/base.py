@@ -166,6 +166,7 @@ class CostModel(ABC):
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": self.kind, "version": self.version,
                 "target": getattr(self.target, "identity", str(self.target)),
+                "runtime": getattr(self.target, "runtime", None),
                 "params": self.params(), "provenance": self.provenance}
 
     def save(self, path: str | Path) -> Path:
@@ -194,7 +195,13 @@ class CostModel(ABC):
             raise SpecError(f"cost-model file {path} has schema_version {data.get('schema_version')!r}; "
                             f"this hwsearch reads {SCHEMA_VERSION}: refit it with this version")
         tid = getattr(target, "identity", str(target))
-        if data.get("target") != tid:
+        fitted = str(data.get("target", ""))
+        if fitted.split("+")[0] == tid.split("+")[0] and fitted != tid:
+            got, want = data.get("runtime") or "its backend", getattr(target, "runtime", None) or "its backend"
+            raise SpecError(f"cost-model file {path} was fitted on runtime {got!r} ({fitted}), not {want!r}: "
+                            f"latencies of one runtime do not price another — search with --runtime {got}, or "
+                            "drop --costmodel to start from the analytical model")
+        if fitted != tid:
             raise SpecError(f"cost-model file {path} was fitted for {data.get('target')!r}, not {tid!r}")
         model = registry.make(data.get("kind", "?"), target)
         model.set_params(data.get("params", {}))

@@ -20,7 +20,7 @@ Schema (``schema_version = 1``)::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ SCHEMA_VERSION = 1
 SPEC_DIR = Path(__file__).parent / "specs"
 KINDS = ("cpu", "mcu", "gpu")
 BACKENDS = ("tvm-local", "tvm-rpc", "mcu-qemu", "cuda-2of4", "none")
+#: Runtimes a CPU target can run a model in; ``tvm`` is measured by the spec's TVM backend,
+#: the others by :mod:`targets.runtimes` (interleaved sittings).
+RUNTIMES = ("onnxruntime", "tvm", "torch")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class TargetSpec:
     measure: dict[str, Any]
     path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    runtime: str | None = None   # the runtime that runs the model (None: the backend's only one)
 
     def figure(self, section: str, key: str) -> float:
         """``spec.figure("compute", "clock_hz")``; :class:`SpecError` names the file when missing."""
@@ -79,8 +83,32 @@ class TargetSpec:
         return pattern == "dense" or bool(self.patterns.get(pattern, {}).get("kernel", False))
 
     @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes this device can run a model in (``[measure] runtimes``); empty when the
+        backend has only one (an MCU, a GPU)."""
+        return tuple(self.measure.get("runtimes", ()))
+
+    @property
+    def backend(self) -> str:
+        """What measures this target in its runtime: ``onnxruntime``/``torch`` (sittings in
+        :mod:`targets.runtimes`), else the spec's ``[measure] backend``."""
+        if self.runtime in ("onnxruntime", "torch"):
+            return self.runtime
+        return str(self.measure.get("backend", "none"))
+
+    def with_runtime(self, runtime: str) -> TargetSpec:
+        """This device running models in ``runtime``; :class:`SpecError` lists the valid ones."""
+        if runtime not in self.runtimes:
+            valid = ", ".join(self.runtimes) or "none: its backend is its only runtime"
+            raise SpecError(f"target {self.name!r} has no runtime {runtime!r}; valid: {valid}")
+        return replace(self, runtime=runtime)
+
+    @property
     def identity(self) -> str:
-        return f"{self.name}@{self.version}"
+        """``name@version``, plus ``+runtime`` for a device with several runtimes: measurements
+        and cost models of one runtime never stand for another."""
+        base = f"{self.name}@{self.version}"
+        return f"{base}+{self.runtime}" if self.runtime else base
 
 
 def _figures(path: Path, section: str, raw: Any) -> dict[str, Figure]:
@@ -135,6 +163,14 @@ def load_spec(path: str | Path) -> TargetSpec:
     bad = set(patterns) - set(PATTERN_NAMES)
     if bad:
         raise SpecError(f"{path}: unknown patterns {sorted(bad)}; valid: {', '.join(PATTERN_NAMES)}")
+    runtimes = measure.get("runtimes", [])
+    if not isinstance(runtimes, list) or any(r not in RUNTIMES for r in runtimes):
+        raise SpecError(f"{path}: [measure] runtimes {runtimes!r} must be a list of {', '.join(RUNTIMES)}")
+    if runtimes and "tvm" in runtimes and backend not in ("tvm-local", "tvm-rpc"):
+        raise SpecError(f"{path}: runtime 'tvm' needs a TVM backend (tvm-local or tvm-rpc), not {backend!r}")
+    default_rt = measure.get("default_runtime", runtimes[0] if runtimes else None)
+    if default_rt is not None and default_rt not in runtimes:
+        raise SpecError(f"{path}: [measure] default_runtime {default_rt!r} is not in runtimes {runtimes}")
     known = {"schema_version", "name", "version", "kind", "description", "dtypes", "compute", "memory",
              "patterns", "measure"}
     return TargetSpec(
@@ -143,7 +179,7 @@ def load_spec(path: str | Path) -> TargetSpec:
         compute=_figures(path, "compute", data.get("compute")),
         memory=_figures(path, "memory", data.get("memory")),
         patterns={k: dict(v) for k, v in patterns.items()}, measure=measure, path=path,
-        extra={k: v for k, v in data.items() if k not in known},
+        extra={k: v for k, v in data.items() if k not in known}, runtime=default_rt,
     )
 
 
@@ -157,7 +193,12 @@ def list_targets() -> dict[str, TargetSpec]:
 
 
 def get_target(name_or_path: str | Path) -> TargetSpec:
-    """A shipped target by name, or a spec file by path; :class:`SpecError` lists the names."""
+    """A shipped target by name, or a spec file by path; :class:`SpecError` lists the names.
+    ``name+runtime`` (an :attr:`TargetSpec.identity` without the version) picks the runtime."""
+    text = str(name_or_path)
+    if "+" in text and not text.endswith(".toml"):
+        base, runtime = text.rsplit("+", 1)
+        return get_target(base.split("@", 1)[0]).with_runtime(runtime)
     p = Path(name_or_path)
     if p.suffix == ".toml" and p.exists():
         return load_spec(p)

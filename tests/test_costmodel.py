@@ -175,3 +175,25 @@ def test_same_shape_layers_with_different_fused_epilogues_are_different_kernels(
     assert cm.corrections[sig["res2"]] == pytest.approx(0.6 * cm.corrections[sig["res1"]], rel=1e-6)
     pred, _ = cm.layer_latency(r)
     assert dict(zip(r.index, pred))["res2"] == pytest.approx(layer["res2"], rel=1e-6)
+
+
+def test_costmodel_of_one_runtime_is_refused_for_another(host, tmp_path):
+    """A model fitted on ONNX Runtime's latencies cannot price TVM's (nor a bare device)."""
+    ort_host = host.with_runtime("onnxruntime")
+    path = costmodels.default_for(ort_host).save(tmp_path / "cm.json")
+    assert json.loads(path.read_text())["runtime"] == "onnxruntime"
+    assert costmodels.CostModel.load(path, get_target("host-x86+onnxruntime")).target.runtime == "onnxruntime"
+    with pytest.raises(SpecError, match="fitted on runtime 'onnxruntime'.*not 'tvm'.*--runtime onnxruntime"):
+        costmodels.CostModel.load(path, host)
+    with pytest.raises(SpecError, match="not 'cortex-m7@1'"):
+        costmodels.CostModel.load(path, get_target("cortex-m7"))
+
+
+def test_target_runtimes_and_identity(host):
+    assert host.runtime == "tvm" and set(host.runtimes) == {"tvm", "onnxruntime", "torch"}
+    assert host.identity == "host-x86@1+tvm" and host.backend == "tvm-local"
+    ort_host = get_target("host-x86+onnxruntime")
+    assert ort_host.identity == "host-x86@1+onnxruntime" and ort_host.backend == "onnxruntime"
+    assert get_target("cortex-m7").identity == "cortex-m7@1" and get_target("cortex-m7").runtime is None
+    with pytest.raises(SpecError, match="no runtime 'tflite'; valid: tvm, onnxruntime, torch"):
+        host.with_runtime("tflite")
