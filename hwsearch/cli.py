@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from hwsearch.errors import HwsearchError
@@ -310,10 +312,49 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report", "profile": "_cmd_profile"}
 
 
+class _ProgressLog(logging.Handler):
+    """INFO messages of the loggers in :data:`_PROGRESS_LOGGERS` (data generation, training
+    the reference model: the library does not print) on the terminal, like the search's
+    progress lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        head = "[dim]·[/dim]" if record.levelno < logging.WARNING else f"[yellow]{record.levelname.lower()}:[/yellow]"
+        _console().print(f"{head} {escape(record.getMessage())}")
+
+
+_PROGRESS_LOGGERS = ("hwsearch.zoo",)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Warnings (debug messages with -v) on stderr; without -v, the progress loggers' INFO
+    messages on the terminal through :class:`_ProgressLog` instead."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    for name in _PROGRESS_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if isinstance(h, _ProgressLog)]:
+            lg.removeHandler(h)
+        if not verbose:  # with -v the root handler shows them, with their logger's name
+            lg.setLevel(logging.INFO)
+            lg.addHandler(_ProgressLog(logging.INFO))
+            lg.propagate = False
+        else:
+            lg.setLevel(logging.NOTSET)
+            lg.propagate = True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # like `python -m`: --model mypkg.models:net imports from the current directory (the
+    # library leaves sys.path alone; the console script's sys.path[0] is its bin directory)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    _setup_logging(a.verbose)
     import warnings
 
     import optuna
@@ -330,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return globals()[_COMMANDS[a.cmd]](a)
     except HwsearchError as exc:
+        if a.verbose and exc.__cause__ is not None:  # e.g. the traceback of a --model factory that raised
+            traceback.print_exception(exc.__cause__)
         print(f"hwsearch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

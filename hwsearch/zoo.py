@@ -2,7 +2,9 @@
 
 Nothing is downloaded: MNIST-1D is generated with the ``mnist1d`` package's procedural
 generator (``make_dataset``, never ``get_dataset``); the reference model trains in seconds on
-2 cores and is cached (``$HWSEARCH_CACHE``, default ``~/.cache/hwsearch``).
+2 cores and is cached (``$HWSEARCH_CACHE``, default ``~/.cache/hwsearch``). Generating the
+data and training the model log their progress at INFO on this module's logger (the CLI shows
+it), since a first run otherwise waits silently for ~20 s.
 
 Users bring their own with ``module:function`` strings:
 
@@ -16,8 +18,8 @@ import hashlib
 import importlib
 import logging
 import os
-import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwsearch.errors import ModelError
+from hwsearch.errors import HwsearchError, ModelError
 
 __all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "mnist1d_cnn_small", "train", "evaluate", "load_callable",
            "load_model", "load_data", "cache_dir", "REFERENCE"]
@@ -84,6 +86,7 @@ def mnist1d_data(seed: int = 42) -> Dataset:
             log.warning("regenerating corrupt MNIST-1D cache %s", path)
     from mnist1d.data import get_dataset_args, make_dataset
 
+    log.info("generating MNIST-1D (seed %d) locally; first run only, cached at %s", seed, path)
     args = get_dataset_args()
     args.seed = seed
     raw = make_dataset(args)
@@ -128,25 +131,35 @@ class MNIST1DNet(nn.Module):
 
 
 def train(model: nn.Module, data: Dataset, *, epochs: int = 20, lr: float = 3e-3, batch_size: int = 128,
-          seed: int = 0, steps: int | None = None) -> nn.Module:
+          seed: int = 0, steps: int | None = None,
+          on_epoch: Callable[[int, int, float], None] | None = None) -> nn.Module:
     """Adam with cosine decay on ``data``'s train split; ``steps`` caps the number of updates
-    (for short fine-tunes). Returns ``model`` (trained in place, left in eval mode)."""
+    (for short fine-tunes). ``on_epoch(epoch, epochs, mean_loss)`` is called after each full
+    pass over the train split (epochs counted from 1). Returns ``model`` (trained in place,
+    left in eval mode)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     n_batches = -(-len(data.x_train) // batch_size) if data.x_train is not None else 0
     total = steps if steps is not None else epochs * n_batches
+    n_epochs = -(-total // n_batches) if n_batches else 0
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
     model.train()
-    done = 0
+    done = epoch = 0
     while done < total:
+        loss_sum, n = 0.0, 0
         for x, y in data.batches("train", batch_size, shuffle=True, seed=seed + done):
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
             sched.step()
+            loss_sum, n = loss_sum + loss.item(), n + 1
             done += 1
             if done >= total:
                 break
+        epoch += 1
+        if on_epoch is not None:
+            on_epoch(epoch, n_epochs, loss_sum / max(1, n))
     return model.eval()
 
 
@@ -180,10 +193,20 @@ def mnist1d_cnn(width: int = 32, epochs: int = 25) -> tuple[nn.Module, torch.Ten
             return model.eval(), data.example_input
         except Exception:
             log.warning("retraining: corrupt cached weights %s", path)
-    log.info("training the reference model (cached at %s)", path)
+    log.info("training the reference model (width %d, %d epochs; first run only) to cache it at %s",
+             width, epochs, path)
+    start = time.perf_counter()
+    every = max(1, epochs // 5)  # about five progress lines, whatever the epoch count
+
+    def report(epoch: int, n_epochs: int, loss: float) -> None:
+        if epoch % every == 0 and epoch < n_epochs:
+            log.info("epoch %d/%d: training loss %.3f (%.0f s)", epoch, n_epochs, loss, time.perf_counter() - start)
+
     torch.manual_seed(0)
-    train(model, data, epochs=epochs)
+    train(model, data, epochs=epochs, on_epoch=report)
     _atomic_save(model.state_dict(), path)
+    log.info("trained the reference model in %.0f s (%d epochs): validation accuracy %.3f; cached at %s",
+             time.perf_counter() - start, epochs, evaluate(model, data), path)
     return model.eval(), data.example_input
 
 
@@ -193,26 +216,44 @@ def _atomic_save(obj: object, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_callable(spec: str, what: str):
-    """Resolve ``module:function`` (the current directory is importable, like ``python -m``)."""
+def load_callable(spec: str, what: str) -> Callable[[], object]:
+    """Resolve ``module:function``; the module must be importable from ``sys.path`` (the
+    ``hwsearch`` command adds the current directory, like ``python -m``). Raises
+    :class:`ModelError` naming the spec when it is malformed or cannot be imported."""
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise ModelError(f"--{what} {spec!r} must look like 'package.module:function'")
     mod_name, fn_name = spec.split(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         mod = importlib.import_module(mod_name)
     except Exception as exc:
-        raise ModelError(f"--{what} {spec!r}: cannot import {mod_name!r} ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"--{what} {spec!r}: cannot import {mod_name!r} ({type(exc).__name__}: {exc}); run from "
+                         "the directory that holds it, or pip install it") from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise ModelError(f"--{what} {spec!r}: {mod_name} has no callable {fn_name!r}")
     return fn
 
 
+def _call_factory(spec: str, what: str) -> object:
+    """Call the ``module:function`` factory; an exception it raises becomes one
+    :class:`ModelError` line naming the factory and quoting the exception (chained, so the
+    traceback is still there for ``hwsearch -v`` and API callers)."""
+    fn = load_callable(spec, what)
+    try:
+        return fn()
+    except HwsearchError:  # already one line naming the problem
+        raise
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        quoted = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        raise ModelError(f"--{what} {spec!r} raised {quoted}; fix the factory or give another "
+                         "(`hwsearch -v ...` shows the traceback)") from exc
+
+
 def load_model(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
-    """Call a ``module:function`` model factory; returns (model, example input or None)."""
-    out = load_callable(spec, "model")()
+    """Call a ``module:function`` model factory; returns (model, example input or None).
+    Raises :class:`ModelError` when it cannot be called, raises, or returns something else."""
+    out = _call_factory(spec, "model")
     if isinstance(out, nn.Module):
         return out.eval(), None
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):
@@ -222,8 +263,9 @@ def load_model(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
 
 
 def load_data(spec: str) -> Dataset:
-    """Call a ``module:function`` data factory (see the module docstring for accepted returns)."""
-    out = load_callable(spec, "data")()
+    """Call a ``module:function`` data factory (see the module docstring for accepted returns).
+    Raises :class:`ModelError` when it cannot be called, raises, or returns something else."""
+    out = _call_factory(spec, "data")
     if isinstance(out, Dataset):
         return out
     if isinstance(out, tuple) and all(isinstance(t, torch.Tensor) for t in out):
