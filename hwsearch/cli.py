@@ -10,17 +10,27 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hwsearch.errors import HwsearchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console, ConsoleOptions
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    from hwsearch.search import SearchResult
 
 __all__ = ["main"]
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, emoji=False)  # emoji=False: "2:4" and ":M:" are text, not emoji codes
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -200,27 +210,107 @@ def _cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(con, res) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+# Plans more than this many times the search's --max-accuracy-drop below the dense accuracy are
+# left out of the terminal table (they stay in pareto.csv): far below usable accuracy, they are
+# the fast end of the front, which nobody deploys, and they pushed the usable plans off screen.
+_HIDE_BELOW_DROPS = 2.0
 
+
+def _dense_accuracy(res: SearchResult) -> float | None:
+    """The dense model's accuracy: from the front's dense measurement, else from this run's
+    dense record (it carries the accuracy even when its measurement failed)."""
+    from hwsearch.plan import Plan
+
+    acc = res.front.attrs.get("dense_accuracy")
+    if acc is None:
+        acc = next((r.get("accuracy") for rr in res.rounds for r in rr.measured
+                    if r.get("plan_key") == Plan().key and r.get("accuracy") is not None), None)
+    return acc
+
+
+def _print_front(con: Console, res: SearchResult) -> None:
     for r in res.rounds:
         if r.fit:
             held = (f"; previous model on this round's new plans: {r.heldout['mape']:.1%}" if r.heldout else "")
             con.print(f"round {r.round}: {r.trials} trials, {len(r.measured)} measured; cost-model error on measured "
                       f"plans {r.fit.mape_before:.1%} (analytical) → {r.fit.mape_after:.1%} (refit){held}")
-    df = res.front
+    csv = res.files.get("pareto_csv", "pareto.csv")
+    print_front_table(con, res.front, dense_accuracy=_dense_accuracy(res),
+                      hide_below=_HIDE_BELOW_DROPS * res.config.max_accuracy_drop, csv=csv)
+
+
+class _Entries:
+    """A table cell of short entries ("down ch50") joined by ", " that wraps between entries,
+    never inside one (rich would break "down ch50" at its space)."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.entries = entries
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        from rich.measure import Measurement
+
+        return Measurement(max(map(len, self.entries)) + 1, len(", ".join(self.entries)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
+        from rich.text import Text
+
+        lines, cur = [], ""
+        for i, e in enumerate(self.entries):
+            piece = e + ("," if i < len(self.entries) - 1 else "")
+            if cur and len(cur) + 1 + len(piece) > options.max_width:
+                lines.append(cur)
+                cur = piece
+            else:
+                cur = f"{cur} {piece}" if cur else piece
+        lines.append(cur)
+        yield Text("\n".join(lines))
+
+
+def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float | None, hide_below: float,
+                      csv: object) -> None:
+    """The front as a table that reads at 80 columns: one row per plan with its key prefix
+    (enough for ``hwsearch export --plan``), accuracy, predicted and measured µs, speed-up,
+    flash, and the plan in :meth:`~hwsearch.plan.Plan.compact` notation wrapped in its cell.
+    Plans more than ``hide_below`` (absolute accuracy) below ``dense_accuracy`` are counted, not
+    shown; when that leaves none, the three most accurate are shown."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hwsearch.plan import COMPACT_LEGEND, Plan
+
     dense = df.attrs.get("dense_latency_s")
-    t = Table(title=f"Pareto plans, last round (dense: {dense * 1e6:.1f} µs measured)" if dense else "Pareto plans")
-    for col in ("plan", "accuracy", "predicted µs", "measured µs", "speed-up", "flash KiB", "layers"):
-        t.add_column(col, justify="right" if col not in ("plan", "layers") else "left")
-    for _, row in df.iterrows():
+    shown, note = df, None
+    if dense_accuracy is not None and not df.empty:
+        floor = dense_accuracy - hide_below
+        shown = df[df["accuracy"] >= floor - 1e-12]
+        n_hidden = len(df) - len(shown)
+        if shown.empty:
+            shown = df.nlargest(3, "accuracy").sort_values("predicted_latency_s")
+            note = (f"no plan is within {hide_below * 100:.3g} points of the dense accuracy {dense_accuracy:.3f}; "
+                    f"the {len(shown)} most accurate of {len(df)} shown (all in {csv})")
+        elif n_hidden:
+            note = (f"{n_hidden} plan{'s' if n_hidden > 1 else ''} more than {hide_below * 100:.3g} points below the "
+                    f"dense accuracy {dense_accuracy:.3f} not shown (see {csv})")
+    parts = ([f"accuracy {dense_accuracy:.3f}"] if dense_accuracy is not None else []) + \
+        ([f"{dense * 1e6:.1f} µs measured"] if dense else [])
+    t = Table(title="Pareto plans, last round" + (f" (dense: {', '.join(parts)})" if parts else ""),
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    # short two-line headers: at 80 columns the plan column keeps about 40 characters
+    for col in ("key", "top-1\nacc.", "pred.\nµs", "meas.\nµs", "speed-\nup", "flash\nKiB"):
+        t.add_column(col, justify="left" if col == "key" else "right", no_wrap=True)
+    t.add_column("plan\n(per layer)", justify="left", ratio=1, min_width=20)
+    for _, row in shown.iterrows():
         meas = row["measured_latency_s"]
         has = meas == meas
-        t.add_row(escape(row["plan_key"]), f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
+        plan = _Entries(Plan.from_dict(row["plan"]).compact(sep="\n").splitlines())
+        t.add_row(escape(row["plan_key"][:7]), f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
                   f"{meas * 1e6:.1f}" if has else "—", f"{dense / meas:.2f}×" if has and dense else "—",
-                  f"{(row['flash_bytes'] or 0) / 1024:.1f}", escape(row["describe"][:70]))
+                  f"{(row['flash_bytes'] or 0) / 1024:.1f}", plan)
     con.print(t)
+    con.print(f"[dim]{escape(COMPACT_LEGEND)}; key: for `hwsearch export --plan KEY`[/dim]")
+    if note:
+        con.print(escape(note))
 
 
 def _cmd_export(a: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import pandas as pd
 from hwsearch.errors import PlanError
 
 __all__ = ["LayerChoice", "Plan", "resolve", "kept_channels", "channel_segments", "input_slices",
-           "PATTERN_NAMES"]
+           "PATTERN_NAMES", "COMPACT_LEGEND"]
 
 PATTERN_NAMES = ("dense", "unstructured", "channel", "nm", "block")
 
@@ -120,6 +120,27 @@ class Plan(Mapping[str, LayerChoice]):
     def describe(self) -> str:
         parts = [f"{k}:{v.pattern}@{v.ratio:.2f}" for k, v in self.choices.items() if v.pattern != "dense"]
         return ", ".join(parts) or "dense"
+
+    def compact(self, sep: str = " · ") -> str:
+        """A short per-layer notation for tables: ``down ch50 · head un70 · pw 2:4`` — ``chX``:
+        X % of the layer's output channels removed, ``unX``: X % of its weights zeroed, ``N:M``:
+        N of every M weights kept, ``bkX[RxC]``: X % of its R×C weight blocks zeroed; layers
+        not named stay dense ("dense" when all do). See :data:`COMPACT_LEGEND`."""
+        parts = []
+        for layer, c in self.choices.items():
+            pct = f"{round(c.ratio * 100, 1):g}"
+            if c.pattern == "nm":
+                parts.append(f"{layer} {c.n}:{c.m}")
+            elif c.pattern == "block":
+                parts.append(f"{layer} bk{pct}[{c.block[0]}x{c.block[1]}]")
+            elif c.pattern != "dense":
+                parts.append(f"{layer} {_COMPACT_CODES[c.pattern]}{pct}")
+        return sep.join(parts) or "dense"
+
+
+_COMPACT_CODES = {"channel": "ch", "unstructured": "un"}
+COMPACT_LEGEND = ("chX / unX: X% of a layer's output channels removed / weights zeroed; N:M: N of every M weights "
+                  "kept; bkX[RxC]: X% of RxC weight blocks zeroed; layers not named stay dense")
 
 
 def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: float = 0.0) -> int:

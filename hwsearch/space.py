@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,10 @@ class SearchSpace:
             opts = ["dense"]
             rows, cols = int(t.at[layer, "out_channels"]), int(t.at[layer, "weight_params"]) // int(t.at[layer, "out_channels"])
             for p in patterns_wanted:
-                if p == "dense" or not target.allows(p):
+                if p == "dense":
+                    continue
+                if not target.allows(p):
+                    dropped.setdefault(layer, {})[p] = f"{target.identity} has no kernel for it"
                     continue
                 if p == "channel":
                     if bool(t.at[layer, "group_leader"]) and bool(t.at[layer, "channel_prunable"]):
@@ -101,6 +105,27 @@ class SearchSpace:
                 opts.append(p)
             allowed[layer] = tuple(opts)
         return cls(graph, allowed, max_ratio, min_density, nm=nm, block=block, dropped=dropped)
+
+    def not_offered_lines(self) -> list[str]:
+        """The patterns asked for but not offered on some layers (:attr:`dropped`), for a
+        terminal: per pattern one line ``pattern nm not offered on 7 of 7 layers:``, then one
+        indented line per distinct reason with the layers it applies to. The reasons are
+        shortened (layer name and remedy left out, "predicted no gain: …" without its numbers);
+        ``summary.json`` keeps them in full. A last line says so when no layer is left any
+        pattern but dense. Empty when every pattern asked for is offered everywhere it can be."""
+        by_pattern: dict[str, dict[str, list[str]]] = {}
+        for layer, why in (self.dropped or {}).items():
+            for pat, reason in why.items():
+                by_pattern.setdefault(pat, {}).setdefault(_short_reason(layer, reason), []).append(layer)
+        lines = []
+        n = len(self.allowed)
+        for pat in sorted(by_pattern, key=lambda p: PATTERN_NAMES.index(p) if p in PATTERN_NAMES else 99):
+            groups = by_pattern[pat]
+            lines.append(f"pattern {pat} not offered on {sum(len(v) for v in groups.values())} of {n} layers:")
+            lines += [f"  {', '.join(layers)}: {reason}" for reason, layers in groups.items()]
+        if by_pattern and all(opts == ("dense",) for opts in self.allowed.values()):
+            lines.append("no layer is left any pattern but dense: this search can only return the dense model")
+        return lines
 
     def suggest(self, trial: optuna.Trial) -> Plan:
         """Sample a plan: one pattern and one ratio parameter per layer (a static space, which
@@ -279,3 +304,11 @@ class SearchSpace:
                     r["out_frac"] * r["out_channels"] <= max(self.min_density * r["out_channels"], 8) + 1e-9 and r["ratio"] > 0:
                 out.append(f"{layer}: channel ratio {r['ratio']:.2f} kept {int(r['kept_out'])} channels (floor)")
         return out
+
+
+def _short_reason(layer: str, reason: str) -> str:
+    """A reason of :attr:`SearchSpace.dropped` without the layer's name, the remedy (after
+    ';') and the per-layer numbers of a predicted-no-gain verdict, so layers group by it."""
+    r = reason.split("; ")[0]
+    r = r.replace(f" on {layer!r}", "").replace(f"{layer!r}'s", "the layer's").replace(repr(layer), "the layer")
+    return re.sub(r"predicted no gain: \S+ µs vs \S+ µs dense", "no predicted speed-up on this target", r)

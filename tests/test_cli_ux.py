@@ -1,16 +1,22 @@
-"""A newcomer's first run: a factory that raises is one line, and the reference model's
-training is announced."""
+"""A newcomer's first run: a factory that raises is one line, the reference model's training
+is announced, the Pareto table reads at 80 columns, and patterns not offered are said on the
+terminal."""
 from __future__ import annotations
 
+import io
+import json
 import logging
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from rich.console import Console
 
 from hwsearch import cli, zoo
-from hwsearch.cli import main
+from hwsearch.cli import main, print_front_table
+from hwsearch.plan import LayerChoice, Plan
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = "tests.fixtures.bad_models"
@@ -83,3 +89,83 @@ def test_training_the_reference_model_is_announced(capsys, tmp_path, monkeypatch
     assert str(tmp_path) in out.replace("\n", "")  # where it is cached
     zoo.mnist1d_cnn(width=4, epochs=2)  # cached now: nothing to announce
     assert "training" not in capsys.readouterr().out
+
+
+def test_compact_plan_notation():
+    plan = Plan({"stem": LayerChoice("channel", 0.25), "pw": LayerChoice("channel", 0.5),
+                 "head": LayerChoice("unstructured", 0.7), "res1": LayerChoice("nm"),
+                 "dw": LayerChoice("block", 0.125, block=(1, 4)), "down": LayerChoice("dense")})
+    assert plan.compact() == "dw bk12.5[1x4] · head un70 · pw ch50 · res1 2:4 · stem ch25"
+    assert plan.compact(sep=", ") == "dw bk12.5[1x4], head un70, pw ch50, res1 2:4, stem ch25"
+    assert Plan().compact() == "dense"
+
+
+def _front(rows: list[tuple[str, dict, float, float, float | None]], dense_s: float | None) -> pd.DataFrame:
+    df = pd.DataFrame([{"plan_key": Plan.from_dict(p).key, "plan": p, "accuracy": acc,
+                        "predicted_latency_s": pred, "measured_latency_s": meas if meas is not None else float("nan"),
+                        "flash_bytes": 4096, "describe": Plan.from_dict(p).describe()} for _, p, acc, pred, meas in rows])
+    df.attrs["dense_latency_s"] = dense_s
+    return df
+
+
+def test_front_table_reads_at_80_columns():
+    many = {layer: {"pattern": "channel", "ratio": 0.5} for layer in ("stem", "down", "res1", "dw", "pw")}
+    many["head"] = {"pattern": "unstructured", "ratio": 0.7}
+    rows = [("far", {"stem": {"pattern": "channel", "ratio": 0.9}}, 0.332, 20e-6, None),
+            ("far2", {"down": {"pattern": "channel", "ratio": 0.9}}, 0.61, 22e-6, 30e-6),
+            ("many", many, 0.981, 30e-6, 41e-6),
+            ("one", {"pw": {"pattern": "channel", "ratio": 0.25}}, 0.993, 50e-6, None)]
+    df = _front(rows, dense_s=60e-6)
+    con = Console(width=80, file=io.StringIO(), highlight=False, emoji=False, record=True)
+    print_front_table(con, df, dense_accuracy=0.995, hide_below=0.1, csv="out/pareto.csv")
+    text = con.export_text()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80, text
+    assert "dense: accuracy 0.995, 60.0 µs measured" in text
+    keys = {name: Plan.from_dict(p).key[:7] for name, p, *_ in rows}
+    assert keys["many"] in text and keys["one"] in text
+    assert keys["far"] not in text and keys["far2"] not in text  # 0.332 and 0.61 are > 10 points below 0.995
+    assert "2 plans more than 10 points below the dense accuracy 0.995 not shown (see out/pareto.csv)" in " ".join(
+        ln.strip() for ln in lines)
+    # every layer's choice is shown whole (wrapped between layers, never inside one)
+    cells = " ".join(ln[ln.index(keys["many"]):] if keys["many"] in ln else ln for ln in lines)
+    for entry in ("down ch50", "dw ch50", "head un70", "pw ch50", "res1 ch50", "stem ch50", "pw ch25"):
+        assert entry in cells, text
+    row = next(ln for ln in lines if keys["many"] in ln)
+    assert "0.981" in row and "41.0" in row and "1.46×" in row and "4.0" in row  # the numbers stay
+
+
+def test_front_table_shows_the_best_when_none_is_near_dense():
+    df = _front([("a", {"pw": {"pattern": "channel", "ratio": 0.9}}, 0.2, 10e-6, None),
+                 ("b", {"pw": {"pattern": "channel", "ratio": 0.8}}, 0.3, 11e-6, None)], dense_s=None)
+    con = Console(width=80, file=io.StringIO(), highlight=False, emoji=False, record=True)
+    print_front_table(con, df, dense_accuracy=0.99, hide_below=0.1, csv="pareto.csv")
+    text = " ".join(con.export_text().split())
+    assert "no plan is within 10 points of the dense accuracy 0.990; the 2 most accurate of 2 shown" in text
+    assert "pw ch90" in text and "pw ch80" in text
+
+
+def test_not_offered_lines_group_layers_by_reason():
+    from hwsearch.graph import analyze
+    from hwsearch.search import SearchConfig, fit_cost_model
+    from hwsearch.space import SearchSpace
+    from targets.spec import get_target
+
+    graph = analyze(*zoo.load_model("hwsearch.zoo:mnist1d_cnn_small"))
+    target = get_target("host-x86")
+    cm = fit_cost_model(target, graph, [], SearchConfig(out_dir=Path("unused")))[0]
+    space = SearchSpace.build(graph, target, patterns_wanted=("dense", "nm", "channel"), cost_model=cm,
+                              memory_matters=True)
+    # with a memory budget 2:4 is offered wherever the shape takes it: stem has 1 input
+    # channel, dw is depthwise (1 per group)
+    assert space.not_offered_lines() == [
+        "pattern nm not offered on 2 of 7 layers:",
+        "  stem, dw: 2:4 sparsity needs its input channels per group (1) divisible by 4 (groups run along input "
+        "channels)"]
+    dense_only = SearchSpace.build(graph, target, patterns_wanted=("dense", "nm"), cost_model=cm, memory_matters=False)
+    lines = dense_only.not_offered_lines()
+    assert lines[0] == "pattern nm not offered on 7 of 7 layers:"
+    assert "  down, res1, res2, pw, head: no predicted speed-up on this target and no flash/SRAM budget is set " \
+        "(it would only cost accuracy)" in lines
+    assert lines[-1] == "no layer is left any pattern but dense: this search can only return the dense model"
+    assert SearchSpace.build(graph, target, patterns_wanted=("dense", "channel"), cost_model=cm).not_offered_lines() == []
