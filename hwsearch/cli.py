@@ -1,6 +1,7 @@
 """``hwsearch`` command line: a thin layer over the Python API.
 
-Every user error prints one line (``hwsearch: error: …`` with the fix) and exits with status 2.
+Every user error prints one line (``hwsearch: error: …`` with the fix), then the error's
+``details`` if it has any (e.g. the plans an export can choose from), and exits with status 2.
 """
 from __future__ import annotations
 
@@ -314,42 +315,13 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from hwsearch import export, recalibrate, zoo
-    from hwsearch.errors import StoreError
-    from hwsearch.graph import analyze
-    from hwsearch.plan import Plan
-    from targets.spec import get_target
+    from rich.markup import escape
 
-    summary_path = a.search_dir / "summary.json"
-    if not summary_path.exists():
-        raise StoreError(f"{summary_path} not found: give --from the output directory of `hwsearch search`")
-    summary = json.loads(summary_path.read_text())
-    cfg = summary.get("config", {})
-    rec = export.pick_plan(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop)
-    plan = Plan.from_dict(rec["plan"])
-    target = get_target(a.target or cfg.get("target", "host-x86"))
-    model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
-    data = None
-    n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
-    if example is None or n_bn > 0:
-        data = zoo.load_data(cfg.get("data", zoo.REFERENCE[1]))
-        example = data.example_input if example is None else example
-    graph = analyze(model, example)
-    bn_batches = None
-    if n_bn > 0 and data is not None and data.x_train is not None:
-        bn_batches = recalibrate.calibration_batches(data, n_bn)
-    out = a.out or a.search_dir / f"export-{plan.key}"
+    from hwsearch import export
+
     con = _console()
-    con.print(f"exporting plan {plan.key} ({plan.describe()}) for {target.identity} to {out}")
-    import costmodels
-
-    cm = None
-    if (a.search_dir / "costmodel.json").exists() and target.identity == summary.get("target"):
-        cm = costmodels.CostModel.load(a.search_dir / "costmodel.json", target)
-    manifest = export.bundle(graph, plan, target, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
-                             min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
-                             record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
-                             tvm_work_dir=a.search_dir / f"tvm-{target.name}", cost_model=cm, bn_batches=bn_batches)
+    out, manifest = export.from_search(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop, out=a.out,
+                                       target=a.target, progress=lambda m: con.print(escape(m)))
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")
@@ -464,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.verbose and exc.__cause__ is not None:  # e.g. the traceback of a --model factory that raised
             traceback.print_exception(exc.__cause__)
         print(f"hwsearch: error: {exc}", file=sys.stderr)
+        for line in exc.details:  # e.g. the plans to choose from
+            print(f"  {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hwsearch: interrupted; rerun the same command to resume", file=sys.stderr)

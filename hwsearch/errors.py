@@ -6,7 +6,12 @@ __all__ = ["HwsearchError", "ModelError", "PlanError", "SpecError", "StoreError"
 
 
 class HwsearchError(Exception):
-    """Base class: a problem with the user's input, reported as one line."""
+    """Base class: a problem with the user's input, reported as one line.
+
+    ``details`` are optional further lines (e.g. the candidates to choose from) that the CLI
+    prints indented under the one-line message; empty unless a subclass sets them."""
+
+    details: tuple[str, ...] = ()
 
 
 class ModelError(HwsearchError):

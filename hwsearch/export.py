@@ -23,37 +23,127 @@ from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
 from hwsearch.plan import Plan
 
-__all__ = ["MANIFEST_SCHEMA_VERSION", "pick_plan", "bundle", "verify"]
+__all__ = ["MANIFEST_SCHEMA_VERSION", "NoPlanWithinDrop", "candidate_line", "pick_plan", "from_search", "bundle",
+           "verify"]
 
 log = logging.getLogger(__name__)
 MANIFEST_SCHEMA_VERSION = 1
 
 
-def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float = 0.01) -> dict[str, Any]:
+class NoPlanWithinDrop(PlanError):
+    """No measured plan of a search is within the accepted accuracy drop of the dense model
+    (or the dense accuracy is unknown), so there is nothing to export without the user naming
+    a plan. ``candidates`` are the most accurate measured plans (records, best first);
+    ``details`` their one-line descriptions for the CLI."""
+
+    def __init__(self, message: str, candidates: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates or [])
+        self.details = tuple(candidate_line(r) for r in self.candidates)
+
+
+def _fmt_accuracy(rec: dict[str, Any]) -> str:
+    return "?" if rec.get("accuracy") is None else f"{rec['accuracy']:.3f}"
+
+
+def candidate_line(rec: dict[str, Any]) -> str:
+    """One measured plan for a terminal: key, accuracy, measured latency (µs), compact plan."""
+    return (f"{rec['plan_key']}  accuracy {_fmt_accuracy(rec)}  measured {rec['latency_s'] * 1e6:.1f} µs  "
+            f"{Plan.from_dict(rec['plan']).compact()}")
+
+
+def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float = 0.01,
+              n_candidates: int = 5) -> dict[str, Any]:
     """The measurement record of the plan to export from a search's output directory.
 
-    With ``plan_key``: that plan. Otherwise the fastest *measured* plan whose accuracy is within
-    ``max_drop`` (absolute) of the dense model's; the most accurate measured plan if none is.
+    With ``plan_key`` (the full key or a unique prefix of it, as the search's table shows):
+    that plan, whatever its accuracy. Otherwise the fastest *measured* pruned plan whose
+    accuracy is within ``max_drop`` (absolute fraction) of the dense model's. Raises
+    :class:`NoPlanWithinDrop` with the ``n_candidates`` most accurate measured plans when no
+    plan is, or when the dense accuracy was not recorded: a plan far below the dense accuracy
+    is never exported unless named. Raises :class:`StoreError` when nothing was measured.
     """
-    recs = [r for r in records.load(Path(search_dir) / "measurements.jsonl", strict=False)
-            if not r.get("error") and r.get("latency_s")]
+    search_dir = Path(search_dir)
+    every = records.load(search_dir / "measurements.jsonl", strict=False)
+    recs = [r for r in every if not r.get("error") and r.get("latency_s")]
     if not recs:
         raise StoreError(f"no successful measurement in {search_dir}/measurements.jsonl: run `hwsearch search "
                          f"--out {search_dir}` first")
     if plan_key:
-        for r in recs:
-            if r["plan_key"] == plan_key:
-                return r
-        raise PlanError(f"plan {plan_key!r} was not measured in {search_dir}; measured: "
-                        f"{', '.join(sorted({r['plan_key'] for r in recs}))}")
+        keys = sorted({r["plan_key"] for r in recs})
+        hits = [k for k in keys if k == plan_key] or [k for k in keys if k.startswith(plan_key)]
+        if len(hits) == 1:
+            return next(r for r in recs if r["plan_key"] == hits[0])
+        if hits:
+            raise PlanError(f"plan {plan_key!r} is ambiguous in {search_dir}: it begins {', '.join(hits)}; "
+                            "give more of the key")
+        raise PlanError(f"plan {plan_key!r} was not measured in {search_dir}; measured: {', '.join(keys)}")
     dense_key = Plan().key
-    dense = next((r for r in recs if r["plan_key"] == dense_key), None)
-    cands = [r for r in recs if r["plan_key"] != dense_key and r.get("accuracy") is not None] or recs
-    if dense is not None and dense.get("accuracy") is not None:
-        ok = [r for r in cands if r["accuracy"] >= dense["accuracy"] - max_drop]
-        if ok:
-            return min(ok, key=lambda r: r["latency_s"])
-    return max(cands, key=lambda r: (r.get("accuracy") or 0.0, -r["latency_s"]))
+    # the dense accuracy is on its record even when its measurement failed
+    dense_acc = next((r["accuracy"] for r in every if r.get("plan_key") == dense_key
+                      and r.get("accuracy") is not None), None)
+    pruned = [r for r in recs if r["plan_key"] != dense_key]
+    best = sorted(pruned, key=lambda r: (-(r.get("accuracy") if r.get("accuracy") is not None else -1.0),
+                                         r["latency_s"]))[:n_candidates]
+    if dense_acc is None:
+        raise NoPlanWithinDrop(f"the dense model's accuracy is not recorded in {search_dir}/measurements.jsonl, so "
+                               f"no plan can be checked against --max-drop {max_drop:g}; name one with --plan KEY "
+                               f"(most accurate measured plans below)", best)
+    ok = [r for r in pruned if r.get("accuracy") is not None and r["accuracy"] >= dense_acc - max_drop]
+    if ok:
+        return min(ok, key=lambda r: r["latency_s"])
+    top = f"the most accurate reaches {best[0]['accuracy']:.3f}" if best and best[0].get("accuracy") is not None \
+        else "no pruned plan was measured"
+    raise NoPlanWithinDrop(f"no measured plan in {search_dir} is within --max-drop {max_drop:g} of the dense accuracy "
+                           f"{dense_acc:.3f} ({top}); nothing exported: name a plan with --plan KEY, allow a larger "
+                           f"--max-drop, or search again with a looser budget"
+                           + (" (best measured plans below)" if best else ""), best)
+
+
+def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: float = 0.01, out: Path | None = None,
+                target: str | None = None, progress: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Export a plan of a finished search (``hwsearch export``): the plan picked by
+    :func:`pick_plan`, rebuilt from the search's ``summary.json`` config (model, data, pruning
+    settings, BatchNorm recalibration) and bundled by :func:`bundle` for ``target`` (default:
+    the search's) into ``out`` (default ``<search_dir>/export-<plan key>``). Returns (bundle
+    directory, manifest). Nothing is written when no plan qualifies (:class:`NoPlanWithinDrop`);
+    :class:`StoreError` when ``search_dir`` is not a search's output."""
+    import costmodels
+    from hwsearch import zoo
+    from hwsearch.graph import analyze
+    from targets.spec import get_target
+
+    say = progress or (lambda msg: log.info(msg))
+    search_dir = Path(search_dir)
+    summary_path = search_dir / "summary.json"
+    if not summary_path.exists():
+        raise StoreError(f"{summary_path} not found: give --from the output directory of `hwsearch search`")
+    summary = json.loads(summary_path.read_text())
+    cfg = summary.get("config", {})
+    rec = pick_plan(search_dir, plan_key=plan_key, max_drop=max_drop)
+    plan = Plan.from_dict(rec["plan"])
+    spec = get_target(target or cfg.get("target", "host-x86"))
+    model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
+    data = None
+    n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
+    if example is None or n_bn > 0:
+        data = zoo.load_data(cfg.get("data", zoo.REFERENCE[1]))
+        example = data.example_input if example is None else example
+    graph = analyze(model, example)
+    bn_batches = None
+    if n_bn > 0 and data is not None and data.x_train is not None:
+        bn_batches = recalibrate.calibration_batches(data, n_bn)
+    out = Path(out) if out is not None else search_dir / f"export-{plan.key}"
+    say(f"exporting plan {plan.key} ({plan.compact()}; accuracy {_fmt_accuracy(rec)}, measured "
+        f"{rec['latency_s'] * 1e6:.1f} µs) for {spec.identity} to {out}")
+    cm = None
+    if (search_dir / "costmodel.json").exists() and spec.identity == summary.get("target"):
+        cm = costmodels.CostModel.load(search_dir / "costmodel.json", spec)
+    manifest = bundle(graph, plan, spec, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
+                      min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
+                      record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
+                      tvm_work_dir=search_dir / f"tvm-{spec.name}", cost_model=cm, bn_batches=bn_batches)
+    return out, manifest
 
 
 def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_multiple: int = 8,

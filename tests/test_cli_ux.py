@@ -1,6 +1,6 @@
 """A newcomer's first run: a factory that raises is one line, the reference model's training
-is announced, the Pareto table reads at 80 columns, and patterns not offered are said on the
-terminal."""
+is announced, the Pareto table reads at 80 columns, patterns not offered are said on the
+terminal, and export refuses a plan far below the dense accuracy unless it is named."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from hwsearch import cli, zoo
+from hwsearch import cli, export, records, zoo
 from hwsearch.cli import main, print_front_table
 from hwsearch.plan import LayerChoice, Plan
 
@@ -56,6 +56,15 @@ def test_raising_factory_is_one_line(argv, factory, quoted, capsys, tmp_path, mo
     assert len(err) == 1, err  # no traceback, no second line of the exception
     assert repr(factory) in err[0] and quoted in err[0], err
     assert "hwsearch -v" in err[0]  # the remedy: where the traceback is
+
+
+def test_export_of_a_search_whose_model_raises_is_one_line(capsys, tmp_path, restore_progress_logging, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    d = _fake_search(tmp_path, [("a", 0.99, 40e-6)], model=f"{FIXTURES}:raising_model")
+    err = _error_lines(capsys, ["export", "--from", str(d)])
+    assert len(err) == 1 and "RuntimeError: checkpoint weights/net.pt not found" in err[0], err
+    assert not list(d.glob("export-*"))
 
 
 def test_model_module_imports_from_the_current_directory(capsys, tmp_path, monkeypatch, restore_progress_logging):
@@ -169,3 +178,45 @@ def test_not_offered_lines_group_layers_by_reason():
         "(it would only cost accuracy)" in lines
     assert lines[-1] == "no layer is left any pattern but dense: this search can only return the dense model"
     assert SearchSpace.build(graph, target, patterns_wanted=("dense", "channel"), cost_model=cm).not_offered_lines() == []
+
+
+def _fake_search(d: Path, plans: list[tuple[str, float, float]], *, dense_accuracy: float | None = 0.995,
+                 model: str = zoo.REFERENCE[0]) -> Path:
+    """A search output directory with only summary.json and measurements.jsonl."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "summary.json").write_text(json.dumps({"target": "host-x86@1", "config": {
+        "target": "host-x86", "model": model, "data": zoo.REFERENCE[1], "bn_recalibration": 0}}))
+    base = {"target": "host-x86@1", "backend": "tvm-local", "mode": "quick", "predicted_latency_s": 1e-5,
+            "versions": {}, "date": "x", "error": None}
+    records.append(d / "measurements.jsonl", dict(base, plan_key=Plan().key, plan={}, accuracy=dense_accuracy,
+                                                  latency_s=100e-6))
+    for name, acc, lat in plans:
+        plan = Plan({name: LayerChoice("channel", 0.5)})
+        records.append(d / "measurements.jsonl", dict(base, plan_key=plan.key, plan=plan.to_dict(), accuracy=acc,
+                                                      latency_s=lat))
+    return d
+
+
+def test_export_refuses_a_plan_far_below_dense(capsys, tmp_path):
+    d = _fake_search(tmp_path / "s", [("stem", 0.332, 40e-6), ("pw", 0.5, 60e-6), ("down", 0.41, 50e-6)])
+    before = sorted(p.name for p in d.iterdir())
+    err = _error_lines(capsys, ["export", "--from", str(d), "--max-drop", "0.01"])
+    assert "no measured plan" in err[0] and "within --max-drop 0.01 of the dense accuracy 0.995" in err[0], err
+    assert "the most accurate reaches 0.500" in err[0] and "--plan KEY" in err[0], err
+    # then the candidates, best first: key, accuracy, measured latency, compact plan
+    keys = {n: Plan({n: LayerChoice("channel", 0.5)}).key for n in ("stem", "pw", "down")}
+    assert len(err) == 4, err
+    assert err[1].split() == [keys["pw"], "accuracy", "0.500", "measured", "60.0", "µs", "pw", "ch50"], err
+    assert err[2].startswith(f"  {keys['down']}  accuracy 0.410") and err[3].strip().startswith(keys["stem"]), err
+    assert sorted(p.name for p in d.iterdir()) == before  # nothing written
+    # a named plan (a unique key prefix, as the table shows it) is the user's choice
+    assert export.pick_plan(d, plan_key=keys["stem"][:7])["accuracy"] == 0.332
+    # within the accepted drop, the fastest qualifying plan is picked
+    assert export.pick_plan(d, max_drop=0.7)["plan_key"] == keys["stem"]
+
+
+def test_export_refuses_without_a_dense_accuracy(tmp_path):
+    d = _fake_search(tmp_path / "s", [("stem", 0.98, 40e-6)], dense_accuracy=None)
+    with pytest.raises(export.NoPlanWithinDrop, match="dense model's accuracy is not recorded") as e:
+        export.pick_plan(d)
+    assert [r["accuracy"] for r in e.value.candidates] == [0.98]
