@@ -57,8 +57,14 @@ def _search_parser(sub) -> None:
     p.add_argument("--measure-top-k", type=int, default=3, help="Pareto plans measured per round")
     p.add_argument("--max-accuracy-drop", type=float, default=0.05,
                    help="measure only front plans within this accuracy (absolute) of the dense model")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "tvm", "torch"], default="auto",
+                   help="the runtime plans are measured (and shipped) in; auto: the one that runs the dense model "
+                   "fastest, timed when the search starts (TVM counts only tuned: --mode tuned)")
+    p.add_argument("--passes", type=int, default=3, help="fresh processes per interleaved sitting "
+                   "(ONNX Runtime / torch): the dense model and a round's plans are timed together in each")
     p.add_argument("--mode", choices=["quick", "tuned"], default=None,
-                   help="measuring mode: quick (best of sampled schedules) or tuned (MetaSchedule)")
+                   help="TVM measuring mode: quick (best of sampled schedules: an exploration proxy, never a "
+                   "deployment latency) or tuned (MetaSchedule; the default with --runtime tvm)")
     p.add_argument("--tuning-trials", type=int, default=64, help="MetaSchedule trials per model (tuned mode)")
     p.add_argument("--samples", type=int, default=8, help="schedules sampled per kernel (quick mode)")
     p.add_argument("--patterns", default="dense,unstructured,channel",
@@ -86,6 +92,8 @@ def _search_parser(sub) -> None:
     p.add_argument("--worker", default="main", help="this worker's name: several workers on one --storage each "
                    "add --trials trials per round; rerunning a worker resumes its share")
     p.add_argument("--latency-budget-us", type=float, default=None, help="latency budget (µs) as a hard constraint")
+    p.add_argument("--latency-budget-x", type=float, default=None, help="latency budget as a fraction of the dense "
+                   "model's latency in the fastest runtime, timed when the search starts (e.g. 0.7)")
     p.add_argument("--flash-budget-kb", type=float, default=None, help="weight storage budget (KiB)")
     p.add_argument("--sram-budget-kb", type=float, default=None, help="peak activation memory budget (KiB)")
 
@@ -186,7 +194,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
     cfg = SearchConfig(
         out_dir=a.out, target=a.target, model=a.model or zoo.REFERENCE[0], data=a.data or zoo.REFERENCE[1],
         storage=a.storage, study_name=a.study, rounds=a.rounds, trials=a.trials, measure_top_k=a.measure_top_k, max_accuracy_drop=a.max_accuracy_drop,
-        mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples,
+        mode=a.mode, tuning_trials=a.tuning_trials, samples=a.samples, runtime=a.runtime, passes=a.passes,
+        latency_budget_x=a.latency_budget_x,
         patterns=tuple(p.strip() for p in a.patterns.split(",") if p.strip()), criterion=a.criterion,
         max_ratio=a.max_ratio, min_density=a.min_density, channel_multiple=a.channel_multiple,
         finetune_steps=a.finetune_steps, bn_recalibration=a.bn_recalibration, sampler=a.sampler, seed=a.seed,
@@ -281,6 +290,9 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
     from hwsearch.plan import COMPACT_LEGEND, Plan
 
     dense = df.attrs.get("dense_latency_s")
+    dep = df.attrs.get("deployment") or {}
+    base = dep.get("dense_baseline") or {}
+    fastest = base.get("fastest")
     shown, note = df, None
     if dense_accuracy is not None and not df.empty:
         floor = dense_accuracy - hide_below
@@ -293,25 +305,43 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
         elif n_hidden:
             note = (f"{n_hidden} plan{'s' if n_hidden > 1 else ''} more than {hide_below * 100:.3g} points below the "
                     f"dense accuracy {dense_accuracy:.3f} not shown (see {csv})")
+    runtime = dep.get("runtime")
     parts = ([f"accuracy {dense_accuracy:.3f}"] if dense_accuracy is not None else []) + \
-        ([f"{dense * 1e6:.1f} µs measured"] if dense else [])
+        ([f"{dense * 1e6:.1f} µs measured" + (f" in {runtime}" if runtime else "")] if dense else [])
     t = Table(title="Pareto plans, last round" + (f" (dense: {', '.join(parts)})" if parts else ""),
               box=box.SIMPLE_HEAD, pad_edge=False)
     # short two-line headers: at 80 columns the plan column keeps about 40 characters
     for col in ("key", "top-1\nacc.", "pred.\nµs", "meas.\nµs", "speed-\nup", "flash\nKiB"):
-        t.add_column(col, justify="left" if col == "key" else "right", no_wrap=True)
+        # a speed-up reads "1.42×" over its spread "1.35–1.50", or "no measurable change"
+        t.add_column(col, justify="left" if col == "key" else "right", no_wrap=not col.startswith("speed"),
+                     max_width=10 if col.startswith("speed") else None)
     t.add_column("plan\n(per layer)", justify="left", ratio=1, min_width=20)
     for _, row in shown.iterrows():
         meas = row["measured_latency_s"]
         has = meas == meas
         plan = _Entries(Plan.from_dict(row["plan"]).compact(sep="\n").splitlines())
         t.add_row(escape(row["plan_key"][:7]), f"{row['accuracy']:.3f}", f"{row['predicted_latency_s'] * 1e6:.1f}",
-                  f"{meas * 1e6:.1f}" if has else "—", f"{dense / meas:.2f}×" if has and dense else "—",
+                  f"{meas * 1e6:.1f}" if has else "—", _speedup_cell(row, dense) if has else "—",
                   f"{(row['flash_bytes'] or 0) / 1024:.1f}", plan)
     con.print(t)
+    if fastest:
+        lat = (base.get("latency_s") or {}).get(fastest)
+        con.print(f"speed-ups are measured against the dense model in {fastest}, the fastest runtime here "
+                  f"({lat * 1e6:.1f} µs when the search started), interleaved in the same sitting; the spread is "
+                  "the 10th-90th percentile of paired rounds")
     con.print(f"[dim]{escape(COMPACT_LEGEND)}; key: for `hwsearch export --plan KEY`[/dim]")
     if note:
         con.print(escape(note))
+
+
+def _speedup_cell(row: pd.Series, dense: float | None) -> str:
+    """A measured plan's speed-up: from its sitting record when there is one (against the fastest
+    dense runtime, with its spread), else measured dense ÷ measured plan."""
+    text = row.get("speedup")
+    if isinstance(text, str) and text != "—":
+        return text.replace(" (", "\n").rstrip(")")
+    meas = row["measured_latency_s"]
+    return f"{dense / meas:.2f}×" if dense else "—"
 
 
 def _cmd_export(a: argparse.Namespace) -> int:

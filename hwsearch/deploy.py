@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from hwsearch.graph import ModelGraph
 
-__all__ = ["DenseBaseline", "dense_baseline", "choose_runtime", "measure_round", "speedup_text", "SITTING_RUNTIMES"]
+__all__ = ["DenseBaseline", "dense_baseline", "baseline_record", "choose_runtime", "measure_round", "speedup_text",
+           "SITTING_RUNTIMES"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class DenseBaseline:
     ``latency_s``: runtime → median latency; ``iqr_s``: runtime → interquartile range;
     ``eligible``: runtime → whether it is a deployment latency (TVM quick mode is not);
     ``notes``: runtime → how it was measured or why it failed; ``fastest``: the eligible runtime
-    with the smallest latency (None when none was measured); ``versions``: runtime → version."""
+    with the smallest latency (None when none was measured); ``versions``: runtime → version;
+    ``layer_s``: runtime → the dense model's per-layer times where the runtime has a profiler."""
 
     latency_s: dict[str, float | None]
     iqr_s: dict[str, float | None]
@@ -48,6 +50,7 @@ class DenseBaseline:
     device: str = ""
     date: str = ""
     fastest: str | None = None
+    layer_s: dict[str, dict[str, float]] | None = None  # runtime → per-layer times from its profiler
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +94,7 @@ def _sitting_config(passes: int, rounds: int):
 
 
 def dense_baseline(target: Any, graph: ModelGraph, *, work_dir: Path, runtimes: tuple[str, ...] | None = None,
-                   tvm_mode: str = "quick", passes: int = 3, rounds: int = 15,
+                   tvm_mode: str = "quick", passes: int = 3, rounds: int = 15, tuning_trials: int = 64,
                    tvm_measure: Callable[..., dict[str, Any]] | None = None) -> DenseBaseline:
     """Time the dense model of ``graph`` in each runtime of ``target`` (default: all of them).
     ONNX Runtime and torch share interleaved sittings (``passes`` fresh processes each); TVM is
@@ -107,6 +110,7 @@ def dense_baseline(target: Any, graph: ModelGraph, *, work_dir: Path, runtimes: 
     iqr: dict[str, float | None] = {}
     eligible: dict[str, bool] = {}
     notes: dict[str, str] = {}
+    layers: dict[str, dict[str, float]] = {}
     vers = runtime_versions()
     versions = {rt: vers.get(rt, "") for rt in runtimes if rt in SITTING_RUNTIMES}
     sit = tuple(rt for rt in runtimes if rt in SITTING_RUNTIMES)
@@ -116,13 +120,15 @@ def dense_baseline(target: Any, graph: ModelGraph, *, work_dir: Path, runtimes: 
         for rt in sit:
             r = res[("dense", rt)]
             lat[rt], iqr[rt], eligible[rt] = r.latency_s, r.latency_iqr_s, r.error is None
+            if r.layer_s:
+                layers[rt] = dict(r.layer_s)
             notes[rt] = r.error or f"{r.samples} samples in {r.passes} fresh processes, {r.threads} threads"
     if "tvm" in runtimes:
         from hwsearch.measure import measure_model
 
         fn = tvm_measure or measure_model
         tvm_target = target.with_runtime("tvm") if target.runtime != "tvm" else target
-        m = fn(tvm_target, graph, graph.model, work_dir=Path(work_dir), mode=tvm_mode)
+        m = fn(tvm_target, graph, graph.model, work_dir=Path(work_dir), mode=tvm_mode, tuning_trials=tuning_trials)
         lat["tvm"], iqr["tvm"] = m.get("latency_s"), m.get("latency_iqr_s")
         eligible["tvm"] = tvm_mode == "tuned" and not m.get("error")
         versions["tvm"] = str((m.get("versions") or {}).get("tvm", ""))
@@ -131,7 +137,21 @@ def dense_baseline(target: Any, graph: ModelGraph, *, work_dir: Path, runtimes: 
     ok = {rt: v for rt, v in lat.items() if v is not None and eligible.get(rt)}
     fastest = min(ok, key=ok.__getitem__) if ok else None
     return DenseBaseline(lat, iqr, eligible, notes, versions, device=cpu_model(),
-                         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), fastest=fastest)
+                         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), fastest=fastest,
+                         layer_s=layers or None)
+
+
+def baseline_record(baseline: DenseBaseline, runtime: str) -> dict[str, Any] | None:
+    """The dense model's baseline measurement in ``runtime`` as measurement-record fields (for
+    :func:`hwsearch.measure.plan_record`), so that round 1 is priced by a cost model calibrated on
+    the dense model in this sitting; None when the baseline has no latency for ``runtime``."""
+    lat = baseline.latency_s.get(runtime)
+    if not lat or runtime not in SITTING_RUNTIMES:
+        return None
+    return {"latency_s": lat, "latency_iqr_s": baseline.iqr_s.get(runtime), "mode": "sitting", "backend": runtime,
+            "runtime": runtime, "runtime_version": baseline.versions.get(runtime, ""), "device": baseline.device,
+            "date": baseline.date, "error": None, "layers": [], "layer_s": (baseline.layer_s or {}).get(runtime, {}),
+            "sitting": "baseline", "drift_factor": 1.0, "versions": {}, "repeats": None}
 
 
 def choose_runtime(requested: str, baseline: DenseBaseline | None, target: Any) -> tuple[str, str]:
@@ -166,13 +186,19 @@ def measure_round(target: Any, graph: ModelGraph, picks: list[tuple[str, Any, tu
     res = measure_sitting(models, graph.example_inputs, work_dir=Path(work_dir) / f"sitting-{sitting_id or 'x'}",
                           runtimes=(runtime,), reference="dense", config=_sitting_config(passes, rounds))
     chain = baseline.ratio_to_fastest(runtime) if baseline is not None else None
+    # the machine's speed drifts between sittings: the dense model of this sitting against the
+    # baseline's says by how much, and brings this sitting's latencies to the baseline's scale
+    base_dense = baseline.latency_s.get(runtime) if baseline is not None else None
+    sit_dense = res[("dense", runtime)].latency_s
+    drift = base_dense / sit_dense if base_dense and sit_dense else None
 
     def fields(cid: str) -> dict[str, Any]:
         r = res[(cid, runtime)]
         d = {"latency_s": r.latency_s, "latency_iqr_s": r.latency_iqr_s, "repeats": r.samples, "mode": "sitting",
              "backend": runtime, "runtime": runtime, "runtime_version": r.versions.get(runtime, ""),
              "device": r.device, "versions": r.versions, "date": r.date, "error": r.error, "layers": [],
-             "layer_s": r.layer_s, "max_abs_err": r.max_abs_err, "sitting": sitting_id,
+             "layer_s": r.layer_s, "max_abs_err": r.max_abs_err, "sitting": sitting_id, "drift_factor": drift,
+             "latency_normalised_s": r.latency_s * drift if drift and r.latency_s else None,
              "sitting_protocol": f"interleaved with the dense model: {r.passes} fresh processes x {r.rounds} rounds, "
                                  f"{r.threads} threads; speed-up = median of paired per-round ratios (10th-90th pct)"}
         if cid != "dense" and r.error is None and r.speedup is not None:

@@ -63,7 +63,10 @@ def write_search_outputs(out: Path, study: optuna.Study, front: pd.DataFrame, re
         "target": target.identity, "model": cfg.model, "data": cfg.data, "study": study.study_name,
         "storage": cfg.storage_url(), "rounds": cfg.rounds, "trials_per_round": cfg.trials,
         "measured_plans": len(ok), "failed_measurements": len(recs) - len(ok),
+        "summary_schema_version": 2,
         "dense_latency_s": front.attrs.get("dense_latency_s"),
+        # the runtime plans were measured in, why, and the dense model per runtime
+        "deployment": front.attrs.get("deployment"),
         "patterns_not_offered": not_offered or {},
         "front": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                   for row in front.drop(columns=["plan"]).to_dict("records")],

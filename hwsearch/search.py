@@ -17,6 +17,7 @@ is missing is done.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -34,6 +35,15 @@ from costmodels.analytical import Sample
 from costmodels.base import FitReport, fidelity
 from hwsearch import prune, recalibrate, records, zoo
 from hwsearch.errors import PlanError, StoreError
+from hwsearch.deploy import (
+    SITTING_RUNTIMES,
+    DenseBaseline,
+    baseline_record,
+    choose_runtime,
+    dense_baseline,
+    measure_round,
+    speedup_text,
+)
 from hwsearch.graph import ModelGraph, analyze
 from hwsearch.measure import measure_model, plan_record
 from hwsearch.plan import Plan, resolve
@@ -62,7 +72,11 @@ class SearchConfig:
     max_accuracy_drop: float = 0.05       # measure front plans within this (absolute) of dense accuracy
     repeats: int = 10                     # time_evaluator repeats (median and IQR over these)
     min_repeat_ms: int = 20               # each repeat runs at least this long
-    mode: str | None = None               # measuring mode; default from the target spec
+    mode: str | None = None               # TVM measuring mode; default from the target spec ("tuned" for --runtime tvm)
+    runtime: str = "auto"                 # the runtime plans are measured in; auto: the fastest dense one
+    baseline_runtimes: tuple[str, ...] | None = None  # runtimes the dense model is timed in first (None: all)
+    passes: int = 3                       # fresh processes per sitting (ONNX Runtime / torch)
+    sitting_rounds: int = 15              # interleaved rounds per pass
     tuning_trials: int = 64               # MetaSchedule trials per model in "tuned" mode
     samples: int = 8                      # schedules sampled per function in "quick" mode
     patterns: tuple[str, ...] = ("dense", "unstructured", "channel")
@@ -81,6 +95,7 @@ class SearchConfig:
     seed: int = 0
     worker: str = "main"                  # trials are counted per worker: N workers add N x trials
     latency_budget_s: float | None = None
+    latency_budget_x: float | None = None  # budget as a fraction of the fastest dense runtime's latency
     flash_budget_bytes: int | None = None
     sram_budget_bytes: int | None = None
 
@@ -107,6 +122,11 @@ class SearchConfig:
         bad = sorted(set(self.patterns) - set(PATTERN_NAMES))
         if bad:
             raise PlanError(f"unknown patterns {bad}; valid: {', '.join(PATTERN_NAMES)}")
+        if self.latency_budget_x is not None and not 0 < self.latency_budget_x:
+            raise PlanError(f"latency_budget_x {self.latency_budget_x} must be positive (e.g. 0.7: 70% of the "
+                            "dense model's latency in the fastest runtime)")
+        if self.latency_budget_x is not None and self.latency_budget_s is not None:
+            raise PlanError("give a latency budget either in seconds or as a fraction of the dense latency, not both")
         for name in ("latency_budget_s", "flash_budget_bytes", "sram_budget_bytes"):
             v = getattr(self, name)
             if v is not None and not v > 0:
@@ -114,6 +134,15 @@ class SearchConfig:
         if min(self.bn_recalibration, self.finetune_steps, self.polish_trials, self.edge_seeds) < 0:
             raise PlanError(f"bn_recalibration ({self.bn_recalibration}), finetune_steps ({self.finetune_steps}), "
                             f"polish_trials ({self.polish_trials}) and edge_seeds ({self.edge_seeds}) must be >= 0")
+        from targets.spec import RUNTIMES
+
+        if self.runtime != "auto" and self.runtime not in RUNTIMES:
+            raise PlanError(f"runtime {self.runtime!r} unknown; valid: auto, {', '.join(RUNTIMES)}")
+        bad_rt = sorted(set(self.baseline_runtimes or ()) - set(RUNTIMES))
+        if bad_rt:
+            raise PlanError(f"baseline runtimes {bad_rt} unknown; valid: {', '.join(RUNTIMES)}")
+        if self.passes < 1 or self.sitting_rounds < 1:
+            raise PlanError(f"passes ({self.passes}) and sitting_rounds ({self.sitting_rounds}) must be >= 1")
         if self.channel_multiple < 1:
             raise PlanError(f"channel_multiple {self.channel_multiple} must be >= 1")
 
@@ -126,6 +155,7 @@ class RoundResult:
     measured: list[dict[str, Any]]
     fit: FitReport | None
     heldout: dict[str, float]             # previous model's error on this round's new measurements
+    dense: dict[str, Any] | None = None   # the dense model as measured in this round's sitting
 
 
 @dataclass
@@ -135,6 +165,9 @@ class SearchResult:
     front: pd.DataFrame | None = None
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    baseline: DenseBaseline | None = None  # the dense model per runtime, timed when the search started
+    runtime: str | None = None             # the runtime plans were measured in
+    runtime_reason: str = ""
 
 
 def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
@@ -252,7 +285,11 @@ def _samples(graph: ModelGraph, recs: list[dict], cfg: SearchConfig) -> list[Sam
                           min_density=cfg.min_density)
         except PlanError:
             continue  # a record of another model or space: not this model's evidence
-        out.append(Sample(res, float(r["latency_s"]), r.get("layer_s") or None,
+        # a sitting's latencies are brought to the scale of the dense baseline (the machine's
+        # speed drifts between sittings; the dense model measured in each one says by how much)
+        k = float(r.get("drift_factor") or 1.0)
+        layer_s = {name: v * k for name, v in (r.get("layer_s") or {}).items()} or None
+        out.append(Sample(res, float(r["latency_s"]) * k, layer_s,
                           {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None))
     return out
 
@@ -282,22 +319,47 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(cfg.storage_url())
     graph, data = _load_model_and_data(cfg)
-    space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
-                              min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0],
-                              memory_matters=cfg.memory_matters)
-    for layer, why in (space.dropped or {}).items():
-        for pat, reason in why.items():
-            log.info("pattern %s not offered on %s: %s", pat, layer, reason)
-    rec_path = out / "measurements.jsonl"
-    cm_path = out / "costmodel.json"
     # one tuning database per target (records are keyed by kernel); a shared one (``tvm_dir``)
     # lets runs reuse each other's schedules, so a plan measures the same in all of them
     work_dir = Path(cfg.tvm_dir) if cfg.tvm_dir else out / f"tvm-{target.name}"
-    result = SearchResult(cfg, out_dir=out)
+    baseline, why = None, ""
+    if cfg.runtime != "auto" and not target.runtimes:
+        target.with_runtime(cfg.runtime)  # raises: this device has no such runtime
+    if target.runtimes:
+        baseline = _baseline(target, graph, cfg, out, work_dir, say)
+        rt, why = choose_runtime(cfg.runtime, baseline, target)
+        target = target.with_runtime(rt)
+        say(f"measuring plans in {rt} ({why}); speed-ups are against the dense model in "
+            f"{baseline.fastest or rt}, the fastest runtime")
+    if cfg.latency_budget_x is not None:
+        if baseline is None or baseline.fastest_latency_s is None:
+            raise PlanError(f"--latency-budget-x needs the dense model timed in a runtime of {target.identity}; "
+                            "give the budget in µs (--latency-budget-us) instead")
+        cfg = dataclasses.replace(cfg, latency_budget_s=cfg.latency_budget_x * baseline.fastest_latency_s)
+        say(f"latency budget: {cfg.latency_budget_x:g} x the dense model in {baseline.fastest} = "
+            f"{cfg.latency_budget_s * 1e6:.1f} µs")
+    space = SearchSpace.build(graph, target, patterns_wanted=cfg.patterns, max_ratio=cfg.max_ratio,
+                              min_density=cfg.min_density, cost_model=fit_cost_model(target, graph, [], cfg)[0],
+                              memory_matters=cfg.memory_matters)
+    for line in space.not_offered_lines():  # patterns asked for but not offered; in full in summary.json
+        say(line)
+    rec_path = out / "measurements.jsonl"
+    cm_path = out / "costmodel.json"
+    result = SearchResult(cfg, out_dir=out, baseline=baseline, runtime=target.runtime, runtime_reason=why)
     constrained = any(b is not None for b in (cfg.latency_budget_s, cfg.flash_budget_bytes, cfg.sram_budget_bytes))
 
     store = records.StudyRecords(storage, cfg.study_name, mirror=rec_path, worker=cfg.worker)
     recs = store.load()
+    base_fields = baseline_record(baseline, target.runtime) if baseline is not None else None
+    if base_fields and not any(r.get("target") == target.identity and r.get("sitting") == "baseline" for r in recs):
+        # round 0: the dense model as the baseline measured it calibrates the model of round 1
+        cm0 = fit_cost_model(target, graph, [], cfg)[0]
+        dense0 = Evaluator(graph, data, target, cm0, cfg)
+        dec0 = dense0.decisions(DENSE_PLAN)
+        recs.append(store.append(plan_record(plan=DENSE_PLAN, target=target, measured=base_fields,
+                                             predicted_latency_s=dense0.cost(DENSE_PLAN, dec0).latency_s,
+                                             costmodel=cm0.identity, round_=0, study="baseline",
+                                             accuracy=dense0.accuracy(dec0))))
     prev_front: list[Plan] = []
     for rnd in range(1, cfg.rounds + 1):
         name = f"{cfg.study_name}-round{rnd}"
@@ -356,8 +418,17 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
         pick_key = f"to_measure:{cfg.worker}"
         if pick_key not in study.user_attrs:
             dense_acc = ev.accuracy(ev.decisions(DENSE_PLAN))
-            picks = [] if DENSE_PLAN.key in measured_keys else [(DENSE_PLAN, dense_acc)]
+            # a sitting measures the dense model itself, beside the plans
+            sitting = target.backend in SITTING_RUNTIMES
+            picks = [] if DENSE_PLAN.key in measured_keys or sitting else [(DENSE_PLAN, dense_acc)]
             unmeasured = front[~front["plan_key"].isin(measured_keys)]
+            if sitting:
+                # a plan that runs the dense model's kernels, or those of a plan measured already,
+                # needs no measurement: it would only measure noise
+                kernels = lambda p: frozenset(kernel_configs(ev.decisions(Plan.from_dict(p)).resolved, target))  # noqa: E731
+                known = {kernels(DENSE_PLAN.to_dict())} | {kernels(r["plan"]) for r in recs
+                                                           if r.get("target") == target.identity and r.get("plan")}
+                unmeasured = unmeasured.loc[np.array([kernels(p) not in known for p in unmeasured["plan"]], dtype=bool)]
             useful = unmeasured[unmeasured["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
             if len(useful) < cfg.measure_top_k:
                 # too few plans near dense accuracy: top up with the most accurate of the rest,
@@ -374,28 +445,12 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             study.set_user_attr(pick_key, [{"plan": p.to_dict(), "accuracy": a} for p, a in picks])
         todo = [(Plan.from_dict(d["plan"]), d["accuracy"]) for d in study.user_attrs[pick_key]]
         todo = [(p, a) for p, a in todo if p.key not in measured_keys]
-        new = []
-        for i, (plan, acc) in enumerate(todo, 1):
-            dec = ev.decisions(plan)
-            folded = prune.apply(graph, dec, mode="fold")
-            predicted = ev.cost(plan, dec).latency_s
-            say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
-            m = measure_model(target, graph, folded, work_dir=work_dir, mode=cfg.mode,
-                              tuning_trials=cfg.tuning_trials, samples=cfg.samples, repeats=cfg.repeats,
-                              min_repeat_ms=cfg.min_repeat_ms, resolved=dec.resolved)
-            rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
-                              costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
-            rec = store.append(rec)
-            recs.append(rec)
-            new.append(rec)
-            if rec.get("error"):
-                say(f"round {rnd}: measurement of [{plan.key}] failed: {rec['error']}")
-            else:
-                say(f"round {rnd}: [{plan.key}] measured {rec['latency_s'] * 1e6:.1f} µs "
-                    f"(predicted {predicted * 1e6:.1f} µs)")
+        measure = _measure_sitting if target.backend in SITTING_RUNTIMES else _measure_each
+        new, dense_rec = measure(todo, graph=graph, ev=ev, target=target, cfg=cfg, cm=cm, rnd=rnd, name=name,
+                                 store=store, recs=recs, work_dir=work_dir, baseline=baseline, say=say)
         ok_new = [r for r in new if not r.get("error") and r.get("latency_s")]
         heldout = fidelity(np.array([r["predicted_latency_s"] for r in ok_new]),
-                           np.array([r["latency_s"] for r in ok_new])) if ok_new else {}
+                           np.array([r["latency_s"] * (r.get("drift_factor") or 1.0) for r in ok_new])) if ok_new else {}
         # ---- refit on everything measured so far ----
         cm, report = fit_cost_model(target, graph, [r for r in recs if r.get("round", 0) <= rnd], cfg)
         if report is not None:
@@ -404,14 +459,149 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
             say(f"round {rnd}: refit on {report.n} measured plans ({report.layer_rows} layer timings): "
                 f"mean error {report.mape_before:.1%} analytical -> {report.mape_after:.1%} refit; "
                 f"within ±10%: {report.within10_before:.0%} -> {report.within10_after:.0%}")
-        result.rounds.append(RoundResult(rnd, name, len(study.trials), new, report, heldout))
+        result.rounds.append(RoundResult(rnd, name, len(study.trials), new, report, heldout, dense_rec))
 
     result.front = _front_with_measurements(front, recs, target.identity)
+    result.front.attrs["deployment"] = {
+        "runtime": target.runtime, "runtime_reason": why,
+        "dense_baseline": baseline.to_dict() if baseline else None}
     from hwsearch import report as report_mod
     result.files = report_mod.write_search_outputs(out, study, result.front, recs, cfg, target,
                                                    not_offered=space.dropped or {})
     result.files.update({"study": Path(cfg.storage_url()), "measurements": rec_path, "costmodel": cm_path})
     return result
+
+
+def _baseline(target: TargetSpec, graph: ModelGraph, cfg: SearchConfig, out: Path, tvm_dir: Path,
+              say: Callable[[str], None]) -> DenseBaseline:
+    """The dense model timed in each runtime of ``target`` (:func:`hwsearch.deploy.dense_baseline`),
+    printed; kept in ``<out>/dense_baseline.json`` so a resumed search chooses as the first did."""
+    import json
+
+    path = out / "dense_baseline.json"
+    tvm_mode = cfg.mode or ("tuned" if cfg.runtime == "tvm" else "quick")
+    runtimes = list(cfg.baseline_runtimes or target.runtimes)
+    skipped = {}
+    if cfg.baseline_runtimes is None and "tvm" in runtimes and tvm_mode != "tuned":
+        # TVM's quick mode is an exploration proxy, never a deployment latency: not worth timing
+        runtimes.remove("tvm")
+        skipped["tvm"] = "not timed: TVM counts once tuned (--mode tuned or --runtime tvm; minutes of tuning)"
+    ident = {"model": cfg.model, "target": target.name, "runtimes": runtimes, "tvm_mode": tvm_mode}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("for") == ident:
+                base = DenseBaseline.from_dict(saved["baseline"])
+                say("dense model per runtime (measured when this search started):")
+                for line in base.lines():
+                    say(line)
+                return base
+        except (ValueError, KeyError, TypeError):
+            log.warning("re-measuring the dense baseline: %s is unreadable", path)
+    say(f"timing the dense model in {', '.join(ident['runtimes'])} (interleaved sittings, {cfg.passes} fresh "
+        "processes; TVM in its own) ...")
+    base = dense_baseline(target, graph, work_dir=tvm_dir, runtimes=tuple(runtimes), tvm_mode=tvm_mode,
+                          passes=cfg.passes, rounds=cfg.sitting_rounds, tuning_trials=cfg.tuning_trials)
+    if skipped:
+        base = dataclasses.replace(base, latency_s={**base.latency_s, **dict.fromkeys(skipped)},
+                                   notes={**base.notes, **skipped})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"schema_version": 1, "for": ident, "baseline": base.to_dict()}, indent=2))
+    tmp.replace(path)
+    say("dense model per runtime:")
+    for line in base.lines():
+        say(line)
+    return base
+
+
+def _measure_each(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Evaluator, target: TargetSpec,
+                  cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
+                  recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
+                  say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
+    """Each plan by the target's own backend (TVM, the MCU emulator), one after another; a TVM
+    plan's speed-ups are against the last dense TVM record (and chained to the fastest runtime)."""
+    mode = cfg.mode or ("tuned" if target.runtime == "tvm" else None)
+    new = []
+    for i, (plan, acc) in enumerate(todo, 1):
+        dec = ev.decisions(plan)
+        folded = prune.apply(graph, dec, mode="fold")
+        predicted = ev.cost(plan, dec).latency_s
+        say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
+        m = measure_model(target, graph, folded, work_dir=work_dir, mode=mode,
+                          tuning_trials=cfg.tuning_trials, samples=cfg.samples, repeats=cfg.repeats,
+                          min_repeat_ms=cfg.min_repeat_ms, resolved=dec.resolved)
+        if target.runtime == "tvm":
+            m["runtime"] = "tvm"
+            if m.get("mode") == "quick":
+                m["latency_note"] = "TVM quick mode (sampled schedules): an exploration proxy, not a deployment latency"
+        rec = plan_record(plan=plan, target=target, measured=m, predicted_latency_s=predicted,
+                          costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
+        dense = next((r for r in reversed(recs) if r.get("plan_key") == DENSE_PLAN.key and r.get("latency_s")
+                      and r.get("target") == target.identity), None)
+        if dense and rec.get("latency_s") and plan.key != DENSE_PLAN.key and target.runtime:
+            rec["speedup_same_runtime"] = dense["latency_s"] / rec["latency_s"]
+            chain = baseline.ratio_to_fastest(target.runtime) if baseline else None
+            if chain:
+                rec["speedup_vs_fastest"] = rec["speedup_same_runtime"] / chain
+        rec = store.append(rec)
+        recs.append(rec)
+        new.append(rec)
+        if rec.get("error"):
+            say(f"round {rnd}: measurement of [{plan.key}] failed: {rec['error']}")
+        else:
+            say(f"round {rnd}: [{plan.key}] measured {rec['latency_s'] * 1e6:.1f} µs "
+                f"(predicted {predicted * 1e6:.1f} µs)")
+    return new, None
+
+
+def _measure_sitting(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Evaluator, target: TargetSpec,
+                     cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
+                     recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
+                     say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
+    """The round's plans and the dense model in one interleaved sitting in the target's runtime
+    (:func:`hwsearch.deploy.measure_round`): plans that fold to one configuration share a
+    measurement, a plan identical to dense gets the dense measurement and no speed-up, and the
+    dense model is measured (and recorded) once."""
+    if not todo:
+        return [], None
+    dense_dec = ev.decisions(DENSE_PLAN)
+    picks, info = [], {}
+    for plan, acc in todo:
+        dec = ev.decisions(plan)
+        folded = prune.apply(graph, dec, mode="fold")
+        info[plan.key] = (plan, acc, ev.cost(plan, dec).latency_s)
+        picks.append((plan.key, folded, frozenset(kernel_configs(dec.resolved, target))))
+    say(f"round {rnd}: measuring the dense model and {len(picks)} plans in {target.runtime}, interleaved "
+        f"({cfg.passes} fresh processes x {cfg.sitting_rounds} rounds) ...")
+    sitting_id = f"{name}-{cfg.worker}"
+    # configurations are compared by the kernels they run: zeros the runtime does not skip and
+    # a channel ratio that rounds to every channel are the dense model
+    dense_fields, by_key = measure_round(target, graph, picks, frozenset(kernel_configs(dense_dec.resolved, target)),
+                                         work_dir=work_dir,
+                                         baseline=baseline, passes=cfg.passes, rounds=cfg.sitting_rounds,
+                                         sitting_id=sitting_id)
+    dense_rec = plan_record(plan=DENSE_PLAN, target=target, measured=dense_fields,
+                            predicted_latency_s=ev.cost(DENSE_PLAN, dense_dec).latency_s, costmodel=cm.identity,
+                            round_=rnd, study=name, accuracy=ev.accuracy(dense_dec))
+    if not any(r.get("plan_key") == DENSE_PLAN.key and r.get("sitting") == sitting_id for r in recs):
+        dense_rec = store.append(dense_rec)  # once per sitting, also when a killed sitting is redone
+        recs.append(dense_rec)
+    if dense_rec.get("latency_s"):
+        say(f"round {rnd}: dense {dense_rec['latency_s'] * 1e6:.1f} µs in {target.runtime} (this sitting)")
+    new = []
+    for key, fields in by_key.items():
+        plan, acc, predicted = info[key]
+        rec = plan_record(plan=plan, target=target, measured=fields, predicted_latency_s=predicted,
+                          costmodel=cm.identity, round_=rnd, study=name, accuracy=acc)
+        rec = store.append(rec)
+        recs.append(rec)
+        new.append(rec)
+        if rec.get("error"):
+            say(f"round {rnd}: measurement of [{key}] failed: {rec['error']}")
+        else:
+            say(f"round {rnd}: [{key}] {plan.describe()}: {rec['latency_s'] * 1e6:.1f} µs (predicted "
+                f"{predicted * 1e6:.1f} µs), speed-up over the fastest dense runtime: {speedup_text(rec)}")
+    return new, dense_rec
 
 
 def _greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cfg: SearchConfig,
@@ -668,6 +858,11 @@ def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target_ident
     df = front.copy()
     df["measured_latency_s"] = [meas[k]["latency_s"] if k in meas else math.nan for k in df["plan_key"]]
     df["measured_iqr_s"] = [meas[k].get("latency_iqr_s") if k in meas else math.nan for k in df["plan_key"]]
+    df["speedup_vs_fastest"] = [meas[k].get("speedup_vs_fastest", math.nan) if k in meas else math.nan
+                                for k in df["plan_key"]]
+    df["speedup_same_runtime"] = [meas[k].get("speedup_same_runtime", math.nan) if k in meas else math.nan
+                                  for k in df["plan_key"]]
+    df["speedup"] = [speedup_text(meas[k]) if k in meas else "—" for k in df["plan_key"]]
     df["describe"] = [Plan.from_dict(p).describe() for p in df["plan"]]
     dense = meas.get(DENSE_PLAN.key)
     df.attrs["dense_latency_s"] = dense["latency_s"] if dense else None

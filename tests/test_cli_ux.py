@@ -180,6 +180,23 @@ def test_not_offered_lines_group_layers_by_reason():
     assert SearchSpace.build(graph, target, patterns_wanted=("dense", "channel"), cost_model=cm).not_offered_lines() == []
 
 
+def test_patterns_not_offered_are_printed(capsys, tmp_path, restore_progress_logging):
+    # nvidia-h200: its measuring backend (CUDA) is not run by the CLI, so the search ends without
+    # TVM; on the small reference model stem (1 input channel) and dw (depthwise) cannot take
+    # 2:4 and without a memory budget no other layer is predicted to gain from it
+    code = main(["search", "--target", "nvidia-h200", "--model", "hwsearch.zoo:mnist1d_cnn_small", "--patterns",
+                 "dense,nm", "--rounds", "1", "--trials", "2", "--measure-top-k", "0", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    joined = " ".join(out.split())
+    assert "pattern nm not offered on 7 of 7 layers:" in joined, out
+    assert "stem, dw: 2:4 sparsity needs its input channels per group (1) divisible by 4" in joined, out
+    assert "down, res1, res2, pw, head: " in joined, out
+    assert "no layer is left any pattern but dense: this search can only return the dense model" in joined, out
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert set(summary["patterns_not_offered"]) == {"stem", "down", "res1", "res2", "dw", "pw", "head"}
+
+
 def _fake_search(d: Path, plans: list[tuple[str, float, float]], *, dense_accuracy: float | None = 0.995,
                  model: str = zoo.REFERENCE[0]) -> Path:
     """A search output directory with only summary.json and measurements.jsonl."""

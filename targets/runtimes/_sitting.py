@@ -162,8 +162,9 @@ def _export_pt2(model: Any, example_inputs: tuple, path: Path) -> Path:
 def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_dir: Path,
                     runtimes: tuple[str, ...] = ("onnxruntime",), reference: str | None = None,
                     config: SittingConfig | None = None) -> dict[tuple[str, str], SittingResult]:
-    """Time every model of ``models`` (key → ``nn.Module``) in every runtime of ``runtimes``
-    in one sitting. ``reference``: the key whose samples the speed-ups divide (the dense
+    """Time every model of ``models`` (key → ``nn.Module``, or the path of an ``.onnx`` file to
+    time as it is, e.g. a shipped artefact: ONNX Runtime only, outputs not compared) in every
+    runtime of ``runtimes`` in one sitting. ``reference``: the key whose samples the speed-ups divide (the dense
     model). Returns ``{(key, runtime): SittingResult}``; failures are results with ``error``."""
     import torch
 
@@ -184,6 +185,14 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
     out: dict[tuple[str, str], SittingResult] = {}
     entries: dict[str, list[dict]] = {r: [] for r in runtimes}
     for key, model in models.items():
+        if isinstance(model, (str, Path)):
+            for rt in runtimes:
+                if rt == "onnxruntime":
+                    entries[rt].append({"key": key, "path": str(model), "expected": None})
+                else:
+                    out[(key, rt)] = SittingResult(key, rt, None, error=f"{model} is an ONNX file: onnxruntime only",
+                                                   **base)
+            continue
         try:
             with torch.no_grad():
                 ref = model(*example_inputs)
@@ -351,11 +360,14 @@ def _worker(job_path: str) -> None:
             _, run = (_ort_runner(e["path"], inputs, threads) if rt == "onnxruntime"
                       else _torch_runner(e["path"], inputs, threads))
             got = np.asarray(run())
-            expected = np.load(e["expected"])
-            err = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else math.inf
-            if not err < 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
-                results[e["key"]] = {"error": f"{rt} outputs differ from torch's (max abs error {err:.3g})"}
-                continue
+            err = None
+            if e["expected"] is not None:
+                expected = np.load(e["expected"])
+                err = (float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape
+                       else math.inf)
+                if not err < 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
+                    results[e["key"]] = {"error": f"{rt} outputs differ from torch's (max abs error {err:.3g})"}
+                    continue
             t0 = time.perf_counter()
             n = 0
             while time.perf_counter() - t0 < cfg.min_sample_ms * 1e-3 or n < 3:
