@@ -312,7 +312,7 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
               box=box.SIMPLE_HEAD, pad_edge=False)
     # short two-line headers: at 80 columns the plan column keeps about 40 characters
     for col in ("key", "top-1\nacc.", "pred.\nµs", "meas.\nµs", "speed-\nup", "flash\nKiB"):
-        # a speed-up reads "1.42×" over its spread "1.35–1.50", or "no measurable change"
+        # a speed-up reads "1.42×" over its 95% confidence interval "1.35–1.50", or "no measurable change"
         t.add_column(col, justify="left" if col == "key" else "right", no_wrap=not col.startswith("speed"),
                      max_width=10 if col.startswith("speed") else None)
     t.add_column("plan\n(per layer)", justify="left", ratio=1, min_width=20)
@@ -327,8 +327,8 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
     if fastest:
         lat = (base.get("latency_s") or {}).get(fastest)
         con.print(f"speed-ups are measured against the dense model in {fastest}, the fastest runtime here "
-                  f"({lat * 1e6:.1f} µs when the search started), interleaved in the same sitting; the spread is "
-                  "the 10th-90th percentile of paired rounds")
+                  f"({lat * 1e6:.1f} µs when the search started), interleaved in the same sitting; under each, "
+                  "the 95% confidence interval of the median paired ratio")
     con.print(f"[dim]{escape(COMPACT_LEGEND)}; key: for `hwsearch export --plan KEY`[/dim]")
     if note:
         con.print(escape(note))
@@ -336,7 +336,7 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
 
 def _speedup_cell(row: pd.Series, dense: float | None) -> str:
     """A measured plan's speed-up: from its sitting record when there is one (against the fastest
-    dense runtime, with its spread), else measured dense ÷ measured plan."""
+    dense runtime, with its confidence interval), else measured dense ÷ measured plan."""
     text = row.get("speedup")
     if isinstance(text, str) and text != "—":
         return text.replace(" (", "\n").rstrip(")")

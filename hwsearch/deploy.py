@@ -8,7 +8,7 @@ sittings, TVM in its own processes: its thread pool would slow the others), and
 an exploration proxy and never chosen). Every round, :func:`measure_round` folds the picks,
 merges those that fold to one configuration, and times the dense model (once) and each distinct
 configuration in one sitting: a plan's speed-up is the median of paired per-round ratios with
-their 10th–90th percentile spread, and a plan identical to dense shares the dense measurement
+a 95 % confidence interval of that median, and a plan identical to dense shares the dense measurement
 and has no speed-up at all. Speed-ups are stored against the dense model in the same runtime and
 against the dense model in the *fastest* runtime (chained through the baseline's ratio).
 """
@@ -200,9 +200,10 @@ def measure_round(target: Any, graph: ModelGraph, picks: list[tuple[str, Any, tu
              "layer_s": r.layer_s, "max_abs_err": r.max_abs_err, "sitting": sitting_id, "drift_factor": drift,
              "latency_normalised_s": r.latency_s * drift if drift and r.latency_s else None,
              "sitting_protocol": f"interleaved with the dense model: {r.passes} fresh processes x {r.rounds} rounds, "
-                                 f"{r.threads} threads; speed-up = median of paired per-round ratios (10th-90th pct)"}
+                                 f"{r.threads} threads; speed-up = median of paired per-round ratios, 95% CI"}
         if cid != "dense" and r.error is None and r.speedup is not None:
             d.update({"speedup_same_runtime": r.speedup, "speedup_lo": r.speedup_lo, "speedup_hi": r.speedup_hi,
+                      "speedup_p10": r.speedup_p10, "speedup_p90": r.speedup_p90,
                       "no_measurable_change": r.no_measurable_change})
             if chain is not None:
                 # dense(fastest) / plan = dense(this runtime) / plan  x  dense(fastest) / dense(this runtime)
@@ -225,9 +226,10 @@ def measure_round(target: Any, graph: ModelGraph, picks: list[tuple[str, Any, tu
 
 
 def speedup_text(rec: Mapping[str, Any]) -> str:
-    """How a measured plan's speed-up reads on the terminal: ``1.42× (1.35–1.50)`` against the
+    """How a measured plan's speed-up reads on the terminal: ``1.42× (1.35–1.50)`` (the 95 %
+    confidence interval of the median paired ratio) against the
     fastest dense runtime, "= dense" for a configuration identical to dense, "no measurable
-    change" when the spread includes 1.0, "—" when there is nothing to compare."""
+    change" when its 95 % confidence interval includes 1.0, "—" when there is nothing to compare."""
     if rec.get("identical_to_dense"):
         return "= dense"
     if rec.get("no_measurable_change"):

@@ -1,9 +1,12 @@
 """Export a chosen plan as a deployment bundle.
 
-A bundle directory holds the physically pruned model (``model.pt2`` from ``torch.export``),
-the target's compiled artefact (``model.so`` for TVM CPU targets, built with the search's
-tuning database), and ``manifest.json`` (schema version, plan, predicted and measured costs
-with their provenance, library versions).
+A bundle ships what was measured: the target's runtime decides the artefact — ``model.onnx``
+(with ``dense.onnx`` beside it and a loading snippet, ``run_onnxruntime.py``) for ONNX Runtime,
+``model.so`` for TVM (built with the search's tuning database), ``model.pt2`` for torch, C
+sources for Cortex-M — and ``manifest.json`` names the runtime, its version and the latency
+measured in it (schema version, plan, predicted and measured costs with their provenance,
+library versions). :func:`verify` checks every artefact against the masked model and, for ONNX
+Runtime, times the shipped model against the dense one in one interleaved sitting.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from hwsearch.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
 from hwsearch.plan import Plan
+from targets.runtimes import export_onnx
 
 __all__ = ["MANIFEST_SCHEMA_VERSION", "NoPlanWithinDrop", "candidate_line", "pick_plan", "from_search", "bundle",
            "verify"]
@@ -123,6 +127,9 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     rec = pick_plan(search_dir, plan_key=plan_key, max_drop=max_drop)
     plan = Plan.from_dict(rec["plan"])
     spec = get_target(target or cfg.get("target", "host-x86"))
+    runtime = (summary.get("deployment") or {}).get("runtime")
+    if target is None and runtime and spec.runtime != runtime:
+        spec = spec.with_runtime(runtime)  # ship in the runtime the search measured
     model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
     data = None
     n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
@@ -176,11 +183,20 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
                                  "bn_recalibration_batches": bn_used}
     errors: list[str] = []
     try:
-        _export_onnx(folded, graph.example_inputs, out / "model.onnx")
+        export_onnx(folded, graph.example_inputs, out / "model.onnx")
         artifacts["onnx"] = "model.onnx"
     except Exception as exc:  # recorded: an ONNX failure must not lose the other artefacts
         errors.append(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    backend = target.measure.get("backend")
+    backend = getattr(target, "backend", None) or target.measure.get("backend")
+    runtime = getattr(target, "runtime", None)
+    if runtime == "onnxruntime" and "onnx" in artifacts:
+        try:
+            export_onnx(graph.model, graph.example_inputs, out / "dense.onnx")
+            artifacts["dense_onnx"] = "dense.onnx"  # what verify times the shipped model against
+        except Exception as exc:  # recorded
+            errors.append(f"dense ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        (out / "run_onnxruntime.py").write_text(_ORT_SNIPPET)
+        artifacts["loader"] = "run_onnxruntime.py"
     if compile_artifact and backend in ("tvm-local", "tvm-rpc"):
         try:
             from targets import tvm as tvm_backend
@@ -214,16 +230,24 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
             errors.append(f"MCU C export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     if errors:
         artifacts["error"] = "; ".join(errors)
+    shipped = {"onnxruntime": "onnx", "torch": "pytorch", "tvm": "tvm_library"}.get(runtime or "")
+    if shipped is None:
+        shipped = "tvm_library" if backend in ("tvm-local", "tvm-rpc") else ("mcu_c" if backend == "mcu-qemu" else None)
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "target": target.identity, "plan_key": plan.key, "plan": plan.to_dict(),
+        # the runtime the plan was measured in and ships in, and the artefact that runs in it
+        "runtime": runtime, "runtime_version": _runtime_version(runtime), "shipped_artifact": artifacts.get(shipped),
         "channel_multiple": channel_multiple, "criterion": criterion,
         "input_shapes": [list(x.shape) for x in graph.example_inputs],
         "predicted": predicted,
         "measured": {k: record.get(k) for k in ("latency_s", "latency_iqr_s", "latency_min_s", "latency_max_s",
                                                  "repeats", "number", "mode", "backend", "device", "date",
-                                                 "versions", "tvm_target", "accuracy")} if record else None,
+                                                 "versions", "tvm_target", "accuracy", "runtime", "runtime_version",
+                                                 "speedup_same_runtime", "speedup_vs_fastest", "speedup_vs_fastest_lo",
+                                                 "speedup_vs_fastest_hi", "no_measurable_change", "sitting",
+                                                 "sitting_protocol")} if record else None,
         "artifacts": artifacts, "versions": versions(),
     }
     if mcu_info is not None:
@@ -234,20 +258,37 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
     return manifest
 
 
-def _export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    import contextlib
-    import io
+_ORT_SNIPPET = '''"""Run the exported model with ONNX Runtime (CPU execution provider), as hwsearch measured it."""
+import sys
 
-    # the dynamo exporter prints progress to stdout and logs a torchvision notice: keep quiet
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, example_inputs, str(path), dynamo=True)
+import numpy as np
+import onnxruntime as ort
+
+so = ort.SessionOptions()
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession("model.onnx", so, providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[1] if len(sys.argv) > 1 else "example_input.npy").astype(np.float32)
+print(session.run(None, {session.get_inputs()[0].name: x})[0])
+'''
 
 
-def verify(bundle_dir: Path, *, atol: float = 1e-4) -> dict[str, str]:
+def _runtime_version(runtime: str | None) -> str | None:
+    if runtime is None:
+        return None
+    from targets.runtimes import runtime_versions
+
+    if runtime == "tvm":
+        return versions().get("tvm")
+    return runtime_versions().get(runtime)
+
+
+def verify(bundle_dir: Path, *, atol: float = 1e-4, time_it: bool = True, passes: int = 3) -> dict[str, str]:
     """Reload every artefact of a bundle and compare its outputs with the masked model's
     (``reference_output.npy`` on ``example_input.npy``). Returns {artefact: "ok …" or the
-    failure}; a library built for another architecture is checked as an ELF of that machine."""
+    failure}; a library built for another architecture is checked as an ELF of that machine.
+    An ONNX bundle also runs in ONNX Runtime (``onnxruntime``) and, with ``time_it``, the
+    shipped ``model.onnx`` is timed against ``dense.onnx`` in one interleaved sitting of
+    ``passes`` fresh processes (``latency``)."""
     bundle_dir = Path(bundle_dir)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     x = np.load(bundle_dir / "example_input.npy")
@@ -273,7 +314,43 @@ def verify(bundle_dir: Path, *, atol: float = 1e-4) -> dict[str, str]:
             res[name] = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     if "mcu_c" in arts:
         res["mcu_c"] = _verify_mcu(bundle_dir / arts["mcu_c"], manifest)
+    if manifest.get("runtime") == "onnxruntime" and "onnx" in arts:
+        try:
+            check("onnxruntime", _run_ort(bundle_dir / arts["onnx"], x))
+        except Exception as exc:
+            res["onnxruntime"] = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if time_it and "dense_onnx" in arts:
+            res["latency"] = _time_shipped(bundle_dir, arts, x, manifest, passes)
     return res
+
+
+def _run_ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _time_shipped(bundle_dir: Path, arts: dict[str, Any], x: np.ndarray, manifest: dict, passes: int) -> str:
+    """The shipped ONNX model against the dense one, interleaved in ONNX Runtime."""
+    import tempfile
+
+    from hwsearch.deploy import speedup_text
+    from targets.runtimes import SittingConfig, measure_sitting
+
+    with tempfile.TemporaryDirectory(prefix="hwsearch-verify-") as tmp:
+        res = measure_sitting({"dense": bundle_dir / arts["dense_onnx"], "shipped": bundle_dir / arts["onnx"]},
+                              (torch.from_numpy(x),), work_dir=Path(tmp), runtimes=("onnxruntime",),
+                              reference="dense", config=SittingConfig(passes=passes, rounds=15))
+    d, s = res[("dense", "onnxruntime")], res[("shipped", "onnxruntime")]
+    if d.error or s.error:
+        return f"FAILED: {d.error or s.error}"
+    rec = {"speedup_same_runtime": s.speedup, "speedup_lo": s.speedup_lo, "speedup_hi": s.speedup_hi,
+           "no_measurable_change": s.no_measurable_change}
+    fastest = ((manifest.get("measured") or {}).get("runtime") or "onnxruntime")
+    return (f"ok: shipped {s.latency_s * 1e6:.1f} µs vs dense {d.latency_s * 1e6:.1f} µs in onnxruntime "
+            f"{s.versions.get('onnxruntime', '')} (interleaved, {s.passes} fresh processes): "
+            f"{speedup_text(rec)} (the search measured the plan in {fastest})")
 
 
 def _run_pt2(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray:

@@ -862,7 +862,8 @@ def _front_with_measurements(front: pd.DataFrame, recs: list[dict], target_ident
                                 for k in df["plan_key"]]
     df["speedup_same_runtime"] = [meas[k].get("speedup_same_runtime", math.nan) if k in meas else math.nan
                                   for k in df["plan_key"]]
-    df["speedup"] = [speedup_text(meas[k]) if k in meas else "—" for k in df["plan_key"]]
+    df["speedup"] = ["= dense" if k == DENSE_PLAN.key else speedup_text(meas[k]) if k in meas else "—"
+                     for k in df["plan_key"]]
     df["describe"] = [Plan.from_dict(p).describe() for p in df["plan"]]
     dense = meas.get(DENSE_PLAN.key)
     df.attrs["dense_latency_s"] = dense["latency_s"] if dense else None

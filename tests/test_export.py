@@ -81,3 +81,17 @@ def test_mcu_bundle_builds_and_runs_in_the_emulator(tmp_path):
     assert (tmp_path / "b" / "mcu_c" / "model.c").exists()
     res = export.verify(tmp_path / "b")
     assert res["mcu_c"].startswith("ok (arm-none-eabi-gcc build ran in QEMU cortex-m7"), res
+
+
+def test_onnxruntime_bundle_ships_what_was_measured(graph, tmp_path):
+    """A plan searched in ONNX Runtime ships as model.onnx (no TVM library), with the runtime
+    and its version in the manifest; verify runs it in ONNX Runtime and times it against the
+    dense model in one interleaved sitting."""
+    m = export.bundle(graph, PLAN, get_target("host-x86+onnxruntime"), tmp_path / "b", channel_multiple=4)
+    assert "error" not in m["artifacts"], m["artifacts"]
+    assert m["runtime"] == "onnxruntime" and m["runtime_version"] and m["shipped_artifact"] == "model.onnx"
+    assert "tvm_library" not in m["artifacts"] and (tmp_path / "b" / "dense.onnx").exists()
+    assert "InferenceSession" in (tmp_path / "b" / "run_onnxruntime.py").read_text()
+    res = export.verify(tmp_path / "b", passes=1)
+    assert res["onnxruntime"].startswith("ok"), res
+    assert res["latency"].startswith("ok: shipped") and "vs dense" in res["latency"], res

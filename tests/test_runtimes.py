@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,13 @@ def test_dense_baseline_times_each_runtime(resdw, tmp_path):
     assert all(v is not None and v > 0 for v in base.latency_s.values())
     assert base.fastest == min(base.latency_s, key=base.latency_s.__getitem__)
     assert base.versions["onnxruntime"] and base.versions["torch"]
+
+
+def test_median_ci_is_a_confidence_interval_of_the_median():
+    from targets.runtimes import median_ci
+
+    v = np.arange(1, 101, dtype=float)
+    lo, hi = median_ci(v)
+    assert lo < 50.5 < hi
+    assert hi - lo < np.percentile(v, 90) - np.percentile(v, 10)  # narrower than the spread
+    assert median_ci(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)      # few values: the extremes

@@ -6,8 +6,9 @@ interleaved in one fresh process: every round of a sitting times each configurat
 (after one discarded run), in an order that rotates between rounds, so a drift of the machine's
 speed hits all configurations alike; ``passes`` sittings run in separate fresh processes. Each
 configuration's latency is the median over every sample, and its speed-up over a reference
-configuration (the dense model) the median of the per-round *paired* ratios, with their 10th
-and 90th percentiles as the spread: a speed-up whose spread includes 1.0 is no measurable change.
+configuration (the dense model) the median of the per-round *paired* ratios, with a 95 %
+confidence interval of that median (and the ratios' 10th–90th percentiles as their spread): a
+speed-up whose interval includes 1.0 is no measurable change.
 
 Per-layer times come from ONNX Runtime's own profiler (per-node kernel times), mapped to layers
 by the weight each node consumes (``<layer>.weight``).
@@ -23,7 +24,9 @@ from ._sitting import (
     SittingResult,
     export_onnx,
     measure_sitting,
+    median_ci,
     runtime_versions,
 )
 
-__all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "runtime_versions"]
+__all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "median_ci",
+           "runtime_versions"]

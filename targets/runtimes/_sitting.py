@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "runtime_versions"]
+__all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "median_ci",
+           "runtime_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ class SittingResult:
     """One configuration in one runtime, measured in a sitting. Seconds throughout.
 
     ``latency_s``: median over all samples of all passes; ``latency_iqr_s``: their
-    interquartile range. ``speedup``: runtime → median over paired rounds of
-    (reference configuration's sample in that runtime ÷ this one's), ``speedup_lo``/``_hi``
-    the 10th/90th percentiles of the same ratios (against the reference in this runtime).
+    interquartile range. ``speedup``: the median over paired rounds of (the reference
+    configuration's sample ÷ this one's), in this runtime; ``speedup_lo``/``_hi``: a
+    distribution-free 95 % confidence interval of that median (:func:`median_ci`);
+    ``speedup_p10``/``_p90``: the 10th/90th percentiles of the ratios (their spread).
     ``layer_s``: per-layer kernel time from the runtime's profiler (ONNX Runtime only), scaled
     so that every node together takes ``latency_s`` (the profiler adds its own overhead). ``max_abs_err``: largest absolute difference
     from the reference outputs. ``error``: why it was not measured (then latencies are None)."""
@@ -85,6 +87,8 @@ class SittingResult:
     speedup_hi: float | None = None
     layer_s: dict[str, float] = field(default_factory=dict)
     max_abs_err: float | None = None
+    speedup_p10: float | None = None
+    speedup_p90: float | None = None
     passes: int = 0
     rounds: int = 0
     threads: int = 0
@@ -108,9 +112,21 @@ class SittingResult:
 
     @property
     def no_measurable_change(self) -> bool:
-        """True when the spread of the speed-up over the reference includes 1.0."""
+        """True when the 95 % confidence interval of the speed-up over the reference includes 1.0."""
         return (self.speedup_lo is not None and self.speedup_hi is not None
                 and self.speedup_lo <= 1.0 <= self.speedup_hi)
+
+
+def median_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median of ``values`` (order statistics of
+    the binomial(n, 1/2) approximation; 95 % for ``z`` = 1.96): the sorted values at ranks
+    n/2 ∓ z·√n/2. With few values it widens to the extremes."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = v.size
+    half = z * math.sqrt(n) / 2
+    lo = max(0, int(math.floor(n / 2 - half)) - 1)
+    hi = min(n - 1, int(math.ceil(n / 2 + half)) - 1)
+    return float(v[lo]), float(v[hi])
 
 
 def runtime_versions() -> dict[str, str]:
@@ -238,13 +254,15 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
             # nodes together take the measured latency (each layer keeps its share)
             scale = float(med) / float(acc["node_sum_s"])
             layer_s = {k: v * scale for k, v in layer_s.items()}
-        sp = lo = hi = None
+        sp = lo = hi = p10 = p90 = None
         ref_acc = raw.get((reference, rt)) if reference is not None else None
         if ref_acc and not ref_acc["error"] and len(ref_acc["samples"]) == len(acc["samples"]):
             ratios = np.concatenate([np.asarray(r) / np.asarray(s) for r, s in zip(ref_acc["samples"], acc["samples"])])
-            lo, sp, hi = (float(v) for v in np.percentile(ratios, [10, 50, 90]))
+            sp = float(np.median(ratios))
+            lo, hi = median_ci(ratios)
+            p10, p90 = (float(v) for v in np.percentile(ratios, [10, 90]))
         out[(key, rt)] = SittingResult(key, rt, float(med), float(q3 - q1), int(flat.size), sp, lo, hi,
-                                       layer_s, acc["max_abs_err"], **base)
+                                       layer_s, acc["max_abs_err"], speedup_p10=p10, speedup_p90=p90, **base)
     return out
 
 
