@@ -64,6 +64,29 @@ def kernel_signature(static: str, kept_in: int, kept_out: int, density: float | 
     return f"{static}|{int(kept_in)}x{int(kept_out)}|" + ("dense" if density is None else f"d{density:.3f}")
 
 
+def kernel_correction(table: dict[str, float], static: str, kept_in: int, kept_out: int,
+                      density: float | None) -> float:
+    """The refit's correction (measured ÷ roofline time) of a kernel: its own when it was
+    measured; else that of the same layer (same static signature and density mode) measured at
+    the nearest channel counts (by |log(kept_in·kept_out ratio)|), since a layer's efficiency in
+    a runtime changes slowly with its width; 1.0 when the layer was never measured."""
+    key = kernel_signature(static, kept_in, kept_out, density)
+    if key in table:
+        return table[key]
+    tag = "dense" if density is None else f"d{density:.3f}"
+    want = max(1, int(kept_in) * int(kept_out))
+    best, dist = 1.0, math.inf
+    for k, v in table.items():
+        st, shape, dt = k.rsplit("|", 2)
+        if st != static or dt != tag:
+            continue
+        a, b = shape.split("x")
+        d = abs(math.log(max(1, int(a) * int(b)) / want))
+        if d < dist:
+            best, dist = v, d
+    return best
+
+
 @dataclass(frozen=True)
 class Sample:
     """One measured plan for a refit: its resolved table, the measured whole-model latency
@@ -140,7 +163,10 @@ class RooflineModel(CostModel):
     def layer_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         lat, gaps = self._base_latency(resolved)
         if self.corrections:
-            lat = lat * np.array([self.corrections.get(sig, 1.0) for sig in self.signatures(resolved)])
+            accel = [p not in ("dense", "channel") and bool(self.target.accelerates(p)) for p in resolved["pattern"]]
+            lat = lat * np.array([kernel_correction(self.corrections, static_signature(r), r["kept_in"], r["kept_out"],
+                                                    float(r["weight_density"]) if a else None)
+                                  for (_, r), a in zip(resolved.iterrows(), accel)])
         return lat, gaps
 
     def model_overhead_s(self) -> float:

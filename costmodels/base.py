@@ -120,8 +120,12 @@ class CostModel(ABC):
         """Restore parameters saved by :meth:`params`; raise :class:`SpecError` on bad content."""
 
     @abstractmethod
-    def refit(self, records: list[dict[str, Any]], graphs: Any) -> FitReport:
-        """Fit corrections from measurement records (see :mod:`hwsearch.records`)."""
+    def refit(self, samples: list[Any], graphs: Any = None) -> FitReport:
+        """Fit corrections from measured plans: each sample (``costmodels.analytical.Sample``)
+        holds a resolved plan, its measured latency in seconds (already brought to the dense
+        baseline's scale when the machine drifted), per-layer seconds where the runtime's
+        profiler gave them, and backend extras. Returns the fit's report (errors before and
+        after on ``samples``); raises ``ValueError`` for an empty list."""
 
     def relative_std(self) -> float:
         return float(self.provenance.get("relative_std", 0.3))

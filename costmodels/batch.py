@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from costmodels.analytical import RooflineModel, kernel_signature, static_signature
+from costmodels.analytical import RooflineModel, kernel_correction, static_signature
 from costmodels.base import CostModel, CoverageError
 from costmodels.memory import DTYPE_BYTES
 from hwsearch import patterns as _patterns
@@ -151,8 +151,10 @@ class BatchPricer:
 
     def _corrections(self, table: dict[str, float], kept_in: np.ndarray, kept_out: np.ndarray,
                      density: np.ndarray) -> np.ndarray:
-        """Per plan and layer, the refit's correction of that kernel (1 where never measured);
-        ``density`` < 0 where the layer runs its dense kernel. One lookup per distinct kernel."""
+        """Per plan and layer, the refit's correction of that kernel (:func:`kernel_correction`:
+        its own, else the same layer's at the nearest measured width, 1 where the layer was never
+        measured); ``density`` < 0 where the layer runs its dense kernel. One lookup per distinct
+        kernel."""
         out = np.ones(kept_in.shape, dtype=float)
         prefixes = {k.rsplit("|", 2)[0] for k in table}
         for j, static in enumerate(self._static_sig):
@@ -160,7 +162,7 @@ class BatchPricer:
                 continue
             keys = np.stack([kept_in[:, j], kept_out[:, j], density[:, j]], axis=1)
             uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            f = np.array([table.get(kernel_signature(static, ki, ko, None if d < 0 else float(d)), 1.0)
+            f = np.array([kernel_correction(table, static, int(ki), int(ko), None if d < 0 else float(d))
                           for ki, ko, d in uniq])
             out[:, j] = f[inv.reshape(-1)]
         return out

@@ -197,3 +197,17 @@ def test_target_runtimes_and_identity(host):
     assert get_target("cortex-m7").identity == "cortex-m7@1" and get_target("cortex-m7").runtime is None
     with pytest.raises(SpecError, match="no runtime 'tflite'; valid: tvm, onnxruntime, torch"):
         host.with_runtime("tflite")
+
+
+def test_an_unmeasured_width_of_a_measured_layer_takes_its_nearest_correction():
+    """A runtime's efficiency on a layer changes slowly with the layer's width: a kernel never
+    measured borrows the correction of the same layer at the nearest measured width, not 1.0."""
+    from costmodels.analytical import kernel_correction, kernel_signature
+
+    table = {kernel_signature("convA", 64, 64, None): 2.0, kernel_signature("convA", 16, 16, None): 5.0,
+             kernel_signature("convB", 56, 56, None): 9.0}
+    assert kernel_correction(table, "convA", 64, 64, None) == 2.0            # measured: its own
+    assert kernel_correction(table, "convA", 56, 64, None) == 2.0            # nearest width: 64x64
+    assert kernel_correction(table, "convA", 16, 24, None) == 5.0            # nearest width: 16x16
+    assert kernel_correction(table, "convC", 64, 64, None) == 1.0            # never measured: no correction
+    assert kernel_correction(table, "convA", 64, 64, 0.5) == 1.0             # another density mode
