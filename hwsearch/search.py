@@ -428,7 +428,12 @@ def search(cfg: SearchConfig, *, progress: Callable[[str], None] | None = None, 
                 kernels = lambda p: frozenset(kernel_configs(ev.decisions(Plan.from_dict(p)).resolved, target))  # noqa: E731
                 known = {kernels(DENSE_PLAN.to_dict())} | {kernels(r["plan"]) for r in recs
                                                            if r.get("target") == target.identity and r.get("plan")}
-                unmeasured = unmeasured.loc[np.array([kernels(p) not in known for p in unmeasured["plan"]], dtype=bool)]
+                keep = []
+                for p in unmeasured["plan"]:  # and one plan per configuration
+                    k = kernels(p)
+                    keep.append(k not in known)
+                    known.add(k)
+                unmeasured = unmeasured.loc[np.array(keep, dtype=bool)]
             useful = unmeasured[unmeasured["accuracy"] >= dense_acc - cfg.max_accuracy_drop]
             if len(useful) < cfg.measure_top_k:
                 # too few plans near dense accuracy: top up with the most accurate of the rest,
@@ -526,7 +531,7 @@ def _measure_each(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Eval
         dec = ev.decisions(plan)
         folded = prune.apply(graph, dec, mode="fold")
         predicted = ev.cost(plan, dec).latency_s
-        say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.describe()}")
+        say(f"round {rnd}: measuring plan {i}/{len(todo)} [{plan.key}] {plan.compact()}")
         m = measure_model(target, graph, folded, work_dir=work_dir, mode=mode,
                           tuning_trials=cfg.tuning_trials, samples=cfg.samples, repeats=cfg.repeats,
                           min_repeat_ms=cfg.min_repeat_ms, resolved=dec.resolved)
@@ -599,7 +604,9 @@ def _measure_sitting(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: E
         if rec.get("error"):
             say(f"round {rnd}: measurement of [{key}] failed: {rec['error']}")
         else:
-            say(f"round {rnd}: [{key}] {plan.describe()}: {rec['latency_s'] * 1e6:.1f} µs (predicted "
+            k = float(rec.get("drift_factor") or 1.0)
+            at_base = (f", {rec['latency_s'] * k * 1e6:.1f} µs at the baseline's speed" if abs(k - 1.0) > 0.05 else "")
+            say(f"round {rnd}: [{key}] {plan.compact()}: {rec['latency_s'] * 1e6:.1f} µs{at_base} (predicted "
                 f"{predicted * 1e6:.1f} µs), speed-up over the fastest dense runtime: {speedup_text(rec)}")
     return new, dense_rec
 
@@ -778,7 +785,7 @@ def _fail_stale(study: optuna.Study, mine: list[optuna.trial.FrozenTrial]) -> No
     """Trials of this worker left RUNNING by a killed process are marked FAIL (and topped up)."""
     for t in mine:
         if t.state == optuna.trial.TrialState.RUNNING:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # public API: a running trial may be told
             log.info("marked stale running trial %d of worker %s as failed", t.number, t.user_attrs.get("worker"))
 
 

@@ -73,8 +73,8 @@ class SittingResult:
     configuration's sample ÷ this one's), in this runtime; ``speedup_lo``/``_hi``: a
     distribution-free 95 % confidence interval of that median (:func:`median_ci`);
     ``speedup_p10``/``_p90``: the 10th/90th percentiles of the ratios (their spread).
-    ``layer_s``: per-layer kernel time from the runtime's profiler (ONNX Runtime only), scaled
-    so that every node together takes ``latency_s`` (the profiler adds its own overhead). ``max_abs_err``: largest absolute difference
+    ``layer_s``: per-layer kernel time from the runtime's profiler (ONNX Runtime only), less the
+    profiler's own per-node cost (:func:`_deprofile`). ``max_abs_err``: largest absolute difference
     from the reference outputs. ``error``: why it was not measured (then latencies are None)."""
 
     key: str
@@ -240,7 +240,7 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
                     continue
                 acc["samples"].append(r["samples"])  # one list per pass, aligned by round
                 if r.get("layer_s"):
-                    acc["layer_s"], acc["node_sum_s"] = r["layer_s"], r.get("node_sum_s")
+                    acc["layer_s"], acc["node_sum_s"], acc["n_nodes"] = r["layer_s"], r.get("node_sum_s"), r.get("n_nodes")
                 acc["max_abs_err"] = r.get("max_abs_err")
     for (key, rt), acc in raw.items():
         if acc["error"] or not acc["samples"]:
@@ -250,10 +250,7 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
         q1, med, q3 = np.percentile(flat, [25, 50, 75])
         layer_s = acc["layer_s"]
         if layer_s and acc.get("node_sum_s"):
-            # the profiler's per-node times carry its own overhead: scale them so that all
-            # nodes together take the measured latency (each layer keeps its share)
-            scale = float(med) / float(acc["node_sum_s"])
-            layer_s = {k: v * scale for k, v in layer_s.items()}
+            layer_s = _deprofile(layer_s, float(acc["node_sum_s"]), float(acc.get("n_nodes") or 0), float(med))
         sp = lo = hi = p10 = p90 = None
         ref_acc = raw.get((reference, rt)) if reference is not None else None
         if ref_acc and not ref_acc["error"] and len(ref_acc["samples"]) == len(acc["samples"]):
@@ -263,6 +260,21 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
             p10, p90 = (float(v) for v in np.percentile(ratios, [10, 90]))
         out[(key, rt)] = SittingResult(key, rt, float(med), float(q3 - q1), int(flat.size), sp, lo, hi,
                                        layer_s, acc["max_abs_err"], speedup_p10=p10, speedup_p90=p90, **base)
+    return out
+
+
+def _deprofile(layer_s: dict[str, float], node_sum_s: float, n_nodes: float, latency_s: float) -> dict[str, float]:
+    """Per-layer times from a profiled run brought to an unprofiled one. The profiler adds a
+    roughly fixed cost to every node (a few µs here, as much as a small conv takes), so scaling
+    the times in proportion would hand that cost to the layers and hide what pruning saves:
+    the excess of the profiled node sum over the measured latency is taken off each node
+    equally (each layer keeps at least 5 % of its profiled time), then, if the layers still
+    sum to more than the latency, they are scaled down to it."""
+    per_node = max(0.0, node_sum_s - latency_s) / n_nodes if n_nodes > 0 else 0.0
+    out = {k: max(v - per_node, 0.05 * v) for k, v in layer_s.items()}
+    total = sum(out.values())
+    if total > latency_s > 0:
+        out = {k: v * latency_s / total for k, v in out.items()}
     return out
 
 
@@ -322,44 +334,65 @@ def _torch_runner(path: str, inputs: list[np.ndarray], threads: int):
     return None, run
 
 
-def _weight_owner(path: str) -> dict[str, str]:
-    """ONNX node name → layer, for nodes that consume a ``<layer>.weight`` initializer."""
+#: ONNX Runtime kernels that consume a layer's weight (after its graph rewrites: fusions keep
+#: the op name, the NCHWc transformer reports "Conv" under a new node name)
+_WEIGHT_OPS = {"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose"}
+
+
+def _weight_owner(path: str) -> tuple[dict[str, str], list[str]]:
+    """ONNX node name → layer, for nodes that consume a ``<layer>.weight`` initializer, and
+    those layers in graph order."""
     import onnx
 
     graph = onnx.load(path, load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    out = {}
+    out, order = {}, []
     for node in graph.node:
         for name in node.input:
             if name in inits and name.endswith(".weight"):
                 out[node.name] = name[: -len(".weight")]
+                order.append(out[node.name])
                 break
-    return out
+    return out, order
 
 
 def _ort_layer_times(path: str, inputs: list[np.ndarray], threads: int, runs: int,
-                     prefix: str) -> tuple[dict[str, float], float]:
+                     prefix: str) -> tuple[dict[str, float], float, float]:
     """Median kernel time per layer from ONNX Runtime's profiler (``<node>_kernel_time`` events),
-    and the median over runs of the sum of every node's kernel time (seconds)."""
+    the mean over runs of the sum of every node's kernel time (seconds), and the number of
+    nodes timed per run."""
     sess, run = _ort_runner(path, inputs, threads, profile_prefix=prefix)
     for _ in range(runs):
         run()
     trace = Path(sess.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink(missing_ok=True)
-    owner = _weight_owner(path)
+    owner, order = _weight_owner(path)
     per: dict[str, list[float]] = {}
     all_nodes = 0.0
+    n_events = 0
+    weight_events: list[float] = []  # the weight kernels' times, in execution order
     for e in events:
         name = str(e.get("name", ""))
         if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
-        all_nodes += float(e["dur"]) * 1e-6
+        dur = float(e["dur"]) * 1e-6  # µs in the trace
+        all_nodes += dur
+        n_events += 1
         layer = owner.get(name[: -len("_kernel_time")])
         if layer is not None:
-            per.setdefault(layer, []).append(float(e["dur"]) * 1e-6)  # µs in the trace
+            per.setdefault(layer, []).append(dur)
+        if str((e.get("args") or {}).get("op_name", "")) in _WEIGHT_OPS:
+            weight_events.append(dur)
+    if len(per) < len(order) and order and len(weight_events) == runs * len(order):
+        # graph rewrites renamed nodes (the NCHWc transformer on 2-D convs): the weight kernels
+        # run once each per inference, in graph order, so the k-th of a run is the k-th layer
+        per = {}
+        for i, dur in enumerate(weight_events):
+            per.setdefault(order[i % len(order)], []).append(dur)
     # a layer's node runs once per inference: the median over the profiled runs
-    return {k: float(np.median(v)) for k, v in per.items()}, all_nodes / max(1, runs)
+    return ({k: float(np.median(v)) for k, v in per.items()}, all_nodes / max(1, runs),
+            n_events / max(1, runs))
 
 
 def _worker(job_path: str) -> None:
@@ -410,9 +443,11 @@ def _worker(job_path: str) -> None:
             if "samples" in results.get(e["key"], {}):
                 try:
                     prefix = str(Path(job["result"]).parent / f"profile-{e['key']}")
-                    layers, node_sum = _ort_layer_times(e["path"], inputs, threads, cfg.profile_runs, prefix)
+                    layers, node_sum, n_nodes = _ort_layer_times(e["path"], inputs, threads, cfg.profile_runs,
+                                                                 prefix)
                     results[e["key"]]["layer_s"] = layers
                     results[e["key"]]["node_sum_s"] = node_sum
+                    results[e["key"]]["n_nodes"] = n_nodes
                 except Exception as exc:  # noqa: BLE001 — the total still stands without layers
                     log.warning("profiling %s failed: %s", e["key"], _one_line(exc))
     Path(job["result"]).write_text(json.dumps(results))
