@@ -109,6 +109,8 @@ def _export_parser(sub) -> None:
     p.add_argument("--max-drop", type=float, default=0.01, help="accepted accuracy drop (absolute fraction)")
     p.add_argument("--out", type=Path, default=None, help="bundle directory (default <from>/export-<plan>)")
     p.add_argument("--target", default=None, help="export for another target than the search's (e.g. cortex-a76)")
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the pruned model this many steps on the "
+                   "search's training data before export (the artefacts are checked against the fine-tuned model)")
     p.add_argument("--verify", action="store_true", help="reload every artefact and check its outputs against "
                    "the masked model")
 
@@ -351,7 +353,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     con = _console()
     out, manifest = export.from_search(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop, out=a.out,
-                                       target=a.target, progress=lambda m: con.print(escape(m)))
+                                       target=a.target, progress=lambda m: con.print(escape(m)),
+                                       finetune_steps=a.finetune_steps)
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")

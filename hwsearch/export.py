@@ -105,7 +105,8 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
 
 
 def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: float = 0.01, out: Path | None = None,
-                target: str | None = None, progress: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+                target: str | None = None, progress: Callable[[str], None] | None = None,
+                finetune_steps: int = 0) -> tuple[Path, dict[str, Any]]:
     """Export a plan of a finished search (``hwsearch export``): the plan picked by
     :func:`pick_plan`, rebuilt from the search's ``summary.json`` config (model, data, pruning
     settings, BatchNorm recalibration) and bundled by :func:`bundle` for ``target`` (default:
@@ -133,7 +134,7 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
     data = None
     n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
-    if example is None or n_bn > 0:
+    if example is None or n_bn > 0 or finetune_steps > 0:
         data = zoo.load_data(cfg.get("data", zoo.REFERENCE[1]))
         example = data.example_input if example is None else example
     graph = analyze(model, example)
@@ -149,7 +150,8 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     manifest = bundle(graph, plan, spec, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
                       min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
                       record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
-                      tvm_work_dir=search_dir / f"tvm-{spec.name}", cost_model=cm, bn_batches=bn_batches)
+                      tvm_work_dir=search_dir / f"tvm-{spec.name}", cost_model=cm, bn_batches=bn_batches,
+                      finetune_data=data, finetune_steps=finetune_steps)
     return out, manifest
 
 
@@ -157,13 +159,17 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
            min_density: float = 0.0, criterion: str = "magnitude", record: dict[str, Any] | None = None,
            predicted: dict[str, Any] | None = None, tvm_work_dir: Path | None = None,
            compile_artifact: bool = True, cost_model: Any = None,
-           bn_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, Any]:
+           bn_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+           finetune_data: Any = None, finetune_steps: int = 0) -> dict[str, Any]:
     """Write the bundle for ``plan`` into ``out``; returns the manifest. A failed compile of the
     target artefact is recorded in the manifest (``artifacts.error``), not raised.
 
     ``bn_batches`` (a function giving training batches) re-estimates the BatchNorm statistics of
     the pruned model as the search's Evaluator did when it scored the plan
-    (:mod:`hwsearch.recalibrate`), so the bundle is the model whose accuracy was reported."""
+    (:mod:`hwsearch.recalibrate`), so the bundle is the model whose accuracy was reported.
+    ``finetune_steps`` > 0 fine-tunes the folded model that many steps on ``finetune_data``'s
+    train split (:func:`hwsearch.zoo.train`, Adam, lr 1e-3) before export: the artefacts are
+    then checked against the fine-tuned model, and the manifest says so."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dec = prune.decide(graph, plan, criterion=criterion, channel_multiple=channel_multiple, min_density=min_density)
@@ -177,10 +183,19 @@ def bundle(graph: ModelGraph, plan: Plan, target: Any, out: Path, *, channel_mul
         ref = masked(*graph.example_inputs)
         got = folded(*graph.example_inputs)
     max_err = float((ref - got).abs().max())
+    if finetune_steps > 0:
+        from hwsearch import zoo
+
+        if finetune_data is None or finetune_data.x_train is None:
+            raise PlanError("fine-tuning a bundle needs a data set with a train split")
+        zoo.train(folded, finetune_data, steps=finetune_steps, lr=1e-3)
+        folded.eval()
+        with torch.no_grad():
+            ref = folded(*graph.example_inputs)  # the shipped model is the fine-tuned one
     ep = torch.export.export(folded, graph.example_inputs)
     torch.export.save(ep, out / "model.pt2")
     artifacts: dict[str, Any] = {"pytorch": "model.pt2", "fold_vs_mask_max_abs_err": max_err,
-                                 "bn_recalibration_batches": bn_used}
+                                 "bn_recalibration_batches": bn_used, "finetune_steps": finetune_steps}
     errors: list[str] = []
     try:
         export_onnx(folded, graph.example_inputs, out / "model.onnx")

@@ -81,7 +81,7 @@ def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir
             return _error_record(backend, mode, f"cannot import the TVM backend: {exc}")
         rpc = None
         if backend == "tvm-rpc":
-            rpc = tvm_backend.RPCConfig.from_target(target) if hasattr(tvm_backend.RPCConfig, "from_target") else None
+            rpc = tvm_backend.RPCConfig.from_target(target)
         evaluator = tvm_backend.EvaluatorConfig(repeat=repeats, min_repeat_ms=min_repeat_ms)
         res = tvm_backend.measure(folded, graph.example_inputs, mode=mode, work_dir=Path(work_dir),
                                   tvm_target=dict(target.measure.get("tvm_target", {})) or None,
@@ -165,6 +165,8 @@ def plan_record(*, plan: Plan, target: Any, measured: dict[str, Any], predicted_
                 costmodel: str, round_: int, study: str, accuracy: float | None, extra: dict | None = None) -> dict:
     """A measurement record (see :mod:`hwsearch.records`) for ``plan``."""
     rec = dict(measured)
+    if "schema_version" in rec:  # the backend result's own layout version, not the record's
+        rec["result_schema_version"] = rec.pop("schema_version")
     rec.update({"plan_key": plan.key, "plan": plan.to_dict(), "target": target.identity,
                 "predicted_latency_s": predicted_latency_s, "costmodel": costmodel, "round": round_,
                 "study": study, "accuracy": accuracy})
