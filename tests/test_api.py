@@ -1,0 +1,29 @@
+"""The package face: the vocabulary is importable from ``hwsearch`` without importing it all."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import hwsearch
+
+
+def test_face_names_resolve_to_the_real_objects():
+    from hwsearch.graph import analyze
+    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.search import SearchConfig
+    from targets.spec import get_target
+
+    assert hwsearch.analyze is analyze and hwsearch.Plan is Plan and hwsearch.LayerChoice is LayerChoice
+    assert hwsearch.SearchConfig is SearchConfig and hwsearch.get_target is get_target
+    assert set(hwsearch.__all__) <= set(dir(hwsearch))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hwsearch.nope  # noqa: B018
+
+
+def test_import_is_lazy():
+    """``import hwsearch`` loads neither torch nor optuna (the CLI's --help stays fast)."""
+    code = "import sys, hwsearch; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
