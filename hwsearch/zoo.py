@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from hwsearch.errors import HwsearchError, ModelError
 
-__all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "mnist1d_cnn_small", "train", "evaluate", "load_callable",
-           "load_model", "load_data", "cache_dir", "REFERENCE"]
+__all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "mnist1d_cnn_small", "train", "evaluate",
+           "load_cached", "load_callable", "load_model", "load_data", "cache_dir", "REFERENCE"]
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,8 @@ def mnist1d_cnn(width: int = 32, epochs: int = 25) -> tuple[nn.Module, torch.Ten
     key = hashlib.sha1(f"{_MODEL_REVISION}-w{width}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
     path = cache_dir() / f"mnist1d_cnn-w{width}-{key}.pt"
     model = MNIST1DNet(width)
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval(), data.example_input
-        except Exception:
-            log.warning("retraining: corrupt cached weights %s", path)
+    if load_cached(model, path):
+        return model.eval(), data.example_input
     log.info("training the reference model (width %d, %d epochs; first run only) to cache it at %s",
              width, epochs, path)
     start = time.perf_counter()
@@ -208,6 +204,19 @@ def mnist1d_cnn(width: int = 32, epochs: int = 25) -> tuple[nn.Module, torch.Ten
     log.info("trained the reference model in %.0f s (%d epochs): validation accuracy %.3f; cached at %s",
              time.perf_counter() - start, epochs, evaluate(model, data), path)
     return model.eval(), data.example_input
+
+
+def load_cached(model: nn.Module, path: Path) -> bool:
+    """Load trained weights cached at ``path`` into ``model``; False when there are none or
+    they are corrupt (then the caller retrains: a corrupt cache is never trusted)."""
+    if not path.exists():
+        return False
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return True
+    except Exception:
+        log.warning("retraining: corrupt cached weights %s", path)
+        return False
 
 
 def _atomic_save(obj: object, path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwsearch.zoo import Dataset, _atomic_save, cache_dir, train
+from hwsearch.zoo import Dataset, _atomic_save, cache_dir, load_cached, train
 
 __all__ = ["digits_data", "MobileNetV2Digits", "mobilenet_digits", "MOBILENET_DIGITS"]
 
@@ -103,12 +103,8 @@ def mobilenet_digits(width: int = 16, epochs: int = 30) -> tuple[nn.Module, torc
     key = hashlib.sha1(f"{_REVISION}-mbv2-w{width}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
     path = cache_dir() / f"mobilenet_digits-w{width}-{key}.pt"
     model = MobileNetV2Digits(width)
-    if path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval(), data.example_input
-        except Exception:  # a corrupt cache is retrained, never trusted
-            log.warning("retraining: corrupt cached weights %s", path)
+    if load_cached(model, path):
+        return model.eval(), data.example_input
     log.info("training the MobileNetV2-style digits model: %d epochs on %d images (cached at %s)",
              epochs, len(data.x_train), path)
     t0 = time.perf_counter()
