@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from targets.tvm._errors import one_line  # torch-style messages: the first line (imports no TVM)
+
 __all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "median_ci",
            "runtime_versions"]
 
@@ -146,11 +148,6 @@ def _cpu() -> str:
     return cpu_model()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
 def export_onnx(model: Any, example_inputs: tuple, path: Path) -> Path:
     """``model`` as ONNX at ``path`` through ``torch.onnx.export(dynamo=True)`` (the weights
     keep their parameter names: ``<layer>.weight``). Raises what the exporter raises."""
@@ -216,14 +213,14 @@ def measure_sitting(models: Mapping[str, Any], example_inputs: tuple, *, work_di
             np.save(ref_path, (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().numpy())
         except Exception as exc:  # noqa: BLE001 — a model that does not run is a record
             for rt in runtimes:
-                out[(key, rt)] = SittingResult(key, rt, None, error=f"the model does not run: {_one_line(exc)}", **base)
+                out[(key, rt)] = SittingResult(key, rt, None, error=f"the model does not run: {one_line(exc, first=True)}", **base)
             continue
         for rt in runtimes:
             try:
                 path = (export_onnx(model, example_inputs, work_dir / f"{key}.onnx") if rt == "onnxruntime"
                         else _export_pt2(model, example_inputs, work_dir / f"{key}.pt2"))
             except Exception as exc:  # noqa: BLE001
-                out[(key, rt)] = SittingResult(key, rt, None, error=f"export for {rt} failed: {_one_line(exc)}", **base)
+                out[(key, rt)] = SittingResult(key, rt, None, error=f"export for {rt} failed: {one_line(exc, first=True)}", **base)
                 continue
             entries[rt].append({"key": key, "path": str(path), "expected": str(ref_path)})
     raw: dict[tuple[str, str], dict] = {}
@@ -302,7 +299,9 @@ def _run_pass(work_dir: Path, runtime: str, pass_idx: int, entries: list[dict], 
 
 # ---------------------------------------------------------------- the worker (a fresh process)
 
-def _ort_runner(path: str, inputs: list[np.ndarray], threads: int, profile_prefix: str | None = None):
+def _ort_runner(path: str, inputs: list[np.ndarray], profile_prefix: str | None = None):
+    """An ONNX Runtime session and a call of it; its threads come from the process-wide pool
+    that :func:`_worker` sizes before the first session."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -356,12 +355,12 @@ def _weight_owner(path: str) -> tuple[dict[str, str], list[str]]:
     return out, order
 
 
-def _ort_layer_times(path: str, inputs: list[np.ndarray], threads: int, runs: int,
+def _ort_layer_times(path: str, inputs: list[np.ndarray], runs: int,
                      prefix: str) -> tuple[dict[str, float], float, float]:
     """Median kernel time per layer from ONNX Runtime's profiler (``<node>_kernel_time`` events),
     the mean over runs of the sum of every node's kernel time (seconds), and the number of
     nodes timed per run."""
-    sess, run = _ort_runner(path, inputs, threads, profile_prefix=prefix)
+    sess, run = _ort_runner(path, inputs, profile_prefix=prefix)
     for _ in range(runs):
         run()
     trace = Path(sess.end_profiling())
@@ -408,7 +407,7 @@ def _worker(job_path: str) -> None:
         _pybind_state.set_global_thread_pool_sizes(threads, 1)  # before the first session
     for e in job["entries"]:
         try:
-            _, run = (_ort_runner(e["path"], inputs, threads) if rt == "onnxruntime"
+            _, run = (_ort_runner(e["path"], inputs) if rt == "onnxruntime"
                       else _torch_runner(e["path"], inputs, threads))
             got = np.asarray(run())
             err = None
@@ -426,7 +425,7 @@ def _worker(job_path: str) -> None:
                 n += 1
             runners.append((e["key"], run, max(1, n), err))
         except Exception as exc:  # noqa: BLE001 — one failed configuration does not end the sitting
-            results[e["key"]] = {"error": f"{rt}: {_one_line(exc)}"}
+            results[e["key"]] = {"error": f"{rt}: {one_line(exc, first=True)}"}
     samples: dict[str, list[float]] = {k: [] for k, _, _, _ in runners}
     for rnd in range(cfg.rounds):
         shift = (rnd + int(job["pass"])) % max(1, len(runners))
@@ -443,13 +442,13 @@ def _worker(job_path: str) -> None:
             if "samples" in results.get(e["key"], {}):
                 try:
                     prefix = str(Path(job["result"]).parent / f"profile-{e['key']}")
-                    layers, node_sum, n_nodes = _ort_layer_times(e["path"], inputs, threads, cfg.profile_runs,
+                    layers, node_sum, n_nodes = _ort_layer_times(e["path"], inputs, cfg.profile_runs,
                                                                  prefix)
                     results[e["key"]]["layer_s"] = layers
                     results[e["key"]]["node_sum_s"] = node_sum
                     results[e["key"]]["n_nodes"] = n_nodes
                 except Exception as exc:  # noqa: BLE001 — the total still stands without layers
-                    log.warning("profiling %s failed: %s", e["key"], _one_line(exc))
+                    log.warning("profiling %s failed: %s", e["key"], one_line(exc, first=True))
     Path(job["result"]).write_text(json.dumps(results))
 
 
