@@ -38,7 +38,7 @@ from scipy.optimize import nnls
 
 from costmodels.base import CostModel, FitReport, fidelity
 from costmodels.memory import DTYPE_BYTES
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 
 __all__ = ["RooflineModel", "Sample", "KINDS", "kernel_signature", "static_signature"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hwsearch.errors import HwsearchError, SpecError
+from hwsearch.core.errors import HwsearchError, SpecError
 
 __all__ = ["Cost", "CostModel", "CoverageError", "FitReport", "fidelity", "SCHEMA_VERSION"]
 
@@ -140,7 +140,7 @@ class CostModel(ABC):
         to the model's deployment dtype (``self.dtype``)."""
         from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
 
-        from hwsearch.plan import resolve
+        from hwsearch.core.resolve import resolve
 
         dtype = dtype or getattr(self, "dtype", "fp32")
 

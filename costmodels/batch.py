@@ -1,13 +1,13 @@
 """Vectorised pricing of many plans at once.
 
 :class:`BatchPricer` prices ``P`` plans in one call from two ``P × L`` arrays — pattern codes
-(``PATTERN_CODES``: index into :data:`hwsearch.plan.PATTERN_NAMES`) and ratios — with numpy,
+(``PATTERN_CODES``: index into :func:`hwsearch.core.patterns.names`) and ratios — with numpy,
 and gives the same numbers as ``cost_model.predict(graph, plan)`` for each plan (latency to
 floating-point rounding, flash and peak SRAM bytes exactly; ``tests/test_batch_pricing.py``
 checks it on random plans). It re-implements, array-wise, the three stages ``predict`` runs
 per plan:
 
-1. :func:`hwsearch.plan.resolve` — kept channels per channel group (rounded to
+1. :func:`hwsearch.core.resolve.resolve` — kept channels per channel group (rounded to
    ``channel_multiple``, the ``min_density`` floor, balanced over the conv groups of grouped
    convolutions), kept input columns of every consumer (coupled depthwise convs, flatten →
    linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes;
@@ -36,15 +36,17 @@ import numpy as np
 from costmodels.analytical import RooflineModel, kernel_correction, static_signature
 from costmodels.base import CostModel, CoverageError
 from costmodels.memory import DTYPE_BYTES
-from hwsearch import patterns as _patterns
-from hwsearch.errors import PlanError
-from hwsearch.plan import PATTERN_NAMES, LayerChoice, Plan, channel_segments, input_slices
+from hwsearch.core import patterns as _patterns
+from hwsearch.core.errors import PlanError
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import channel_segments, input_slices
 
 __all__ = ["BatchPricer", "PATTERN_CODES", "plans_to_arrays", "arrays_to_plans"]
 
 log = logging.getLogger(__name__)
 
 #: Integer code of each pattern name in the ``patterns`` arrays.
+PATTERN_NAMES = tuple(_patterns.names())
 PATTERN_CODES: dict[str, int] = {name: i for i, name in enumerate(PATTERN_NAMES)}
 _DENSE, _UNSTR, _CHAN, _NM, _BLOCK = (PATTERN_CODES[n] for n in ("dense", "unstructured", "channel", "nm", "block"))
 _BUILTIN_PATTERNS = {"dense": _patterns.Dense, "unstructured": _patterns.Unstructured, "channel": _patterns.Channel,
@@ -99,12 +101,12 @@ def arrays_to_plans(codes: np.ndarray, ratios: np.ndarray, layers: Sequence[str]
 
 
 def _idx_bytes(max_value: np.ndarray) -> np.ndarray:
-    """:func:`hwsearch.patterns._idx_bytes`, element-wise."""
+    """:func:`hwsearch.core.patterns._idx_bytes`, element-wise."""
     return np.where(max_value <= 256, 1, np.where(max_value <= 65536, 2, 4))
 
 
 def _ptr_bytes(max_value: np.ndarray) -> np.ndarray:
-    """:func:`hwsearch.patterns._ptr_bytes`, element-wise."""
+    """:func:`hwsearch.core.patterns._ptr_bytes`, element-wise."""
     return np.where(max_value < 65536, 2, 4)
 
 
@@ -491,7 +493,7 @@ class BatchPricer:
             for key in ("kept_out", "kept_in", "dense_macs", "nnz", "layer_flash_bytes"):
                 out[key] = np.full((P, L), -1, dtype=np.int64)
             out["layer_latency_s"] = np.full((P, L), math.nan)
-        from hwsearch.plan import resolve
+        from hwsearch.core.resolve import resolve
 
         for i in range(P):
             try:

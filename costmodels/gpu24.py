@@ -45,7 +45,7 @@ import pandas as pd
 
 from costmodels.analytical import RooflineModel, Sample
 from costmodels.base import CostModel, FitReport, fidelity
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 
 __all__ = ["Gpu24Model", "Gpu24FitReport", "ShapeRule", "SHAPE_RULES", "load_table", "TABLE_SCHEMA_VERSION",
            "DATA_DIR", "PUBLIC_TABLE", "MIN_FIT_ROWS", "device_matches"]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from costmodels.base import CostModel, FitReport, fidelity
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 
 __all__ = ["LUTModel"]
 

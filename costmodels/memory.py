@@ -1,7 +1,7 @@
 """Exact memory models: weight storage (flash) and peak activation memory (SRAM).
 
 * Flash = Σ over layers of the weight storage in the layer's format (see
-  :mod:`hwsearch.patterns`) + biases (``dtype_bytes`` each) + per-output-channel quantisation
+  :mod:`hwsearch.core.patterns`) + biases (``dtype_bytes`` each) + per-output-channel quantisation
   parameters when ``dtype`` is int8 (an int32 requantisation multiplier and shift:
   8 bytes per output channel, the CMSIS-NN layout).
 * Peak SRAM = max over the exported graph's execution order of the bytes of all live
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hwsearch import patterns
-from hwsearch.plan import LayerChoice
+from hwsearch.core import patterns
+from hwsearch.core.plan import LayerChoice
 
 __all__ = ["DTYPE_BYTES", "layer_storage", "flash_bytes", "peak_sram_bytes"]
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from costmodels.base import CostModel
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 
 __all__ = ["register", "make", "names", "default_for"]
 

@@ -26,8 +26,8 @@ __all__ = ["analyze", "Plan", "LayerChoice", "SearchConfig", "SearchResult", "ge
 
 _LAZY = {
     "analyze": ("hwsearch.graph", "analyze"),
-    "Plan": ("hwsearch.plan", "Plan"),
-    "LayerChoice": ("hwsearch.plan", "LayerChoice"),
+    "Plan": ("hwsearch.core.plan", "Plan"),
+    "LayerChoice": ("hwsearch.core.plan", "LayerChoice"),
     "SearchConfig": ("hwsearch.search", "SearchConfig"),
     "SearchResult": ("hwsearch.search", "SearchResult"),
     "get_target": ("targets.spec", "get_target"),

@@ -1,6 +1,6 @@
 """Baselines the search is compared with, run through the search's own harness.
 
-Every baseline produces :class:`~hwsearch.plan.Plan` objects; :func:`evaluate_plans` scores
+Every baseline produces :class:`~hwsearch.core.plan.Plan` objects; :func:`evaluate_plans` scores
 them exactly as a search trial is scored — accuracy by :class:`hwsearch.search.Evaluator`
 (``prune.decide`` + ``prune.masked_state``, or its short fine-tune when configured), predicted
 cost by the evaluator's cost model — so a comparison differs only in how plans are chosen.
@@ -30,11 +30,12 @@ import pandas as pd
 
 from costmodels.base import CostModel
 from costmodels.batch import PATTERN_CODES, BatchPricer
-from hwsearch import patterns as _patterns
+from hwsearch.core import patterns as _patterns
 from hwsearch import prune
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import PATTERN_NAMES, LayerChoice, Plan, channel_segments
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import channel_segments
 from hwsearch.space import SearchSpace
 
 __all__ = ["BaselineRun", "PlanEvaluator", "uniform", "global_magnitude", "netadapt", "random_search",
@@ -120,11 +121,11 @@ def uniform(graph: ModelGraph, ratio: float, pattern: str = "unstructured", *, n
     pattern the target cannot run raises. Raises :class:`PlanError` for an unknown pattern or
     a ratio outside [0, 1).
     """
-    if pattern not in PATTERN_NAMES:
-        raise PlanError(f"unknown pattern {pattern!r}; valid: {', '.join(PATTERN_NAMES)}")
+    if pattern not in _patterns.names():
+        raise PlanError(f"unknown pattern {pattern!r}; valid: {', '.join(_patterns.names())}")
     if target is not None and not target.allows(pattern):
         raise PlanError(f"target {target.identity} has no kernel for {pattern!r}; choose one of "
-                        f"{[p for p in PATTERN_NAMES if target.allows(p)]}")
+                        f"{[p for p in _patterns.names() if target.allows(p)]}")
     if pattern == "dense":
         return Plan()
     t = graph.table

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwsearch.errors import HwsearchError
+from hwsearch.core.errors import HwsearchError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,7 +139,7 @@ def _profile_parser(sub) -> None:
 def _cmd_profile(a: argparse.Namespace) -> int:
     from costmodels.lut import LUTModel
     from hwsearch import zoo
-    from hwsearch.errors import PlanError
+    from hwsearch.core.errors import PlanError
     from hwsearch.graph import analyze
     from hwsearch.profile import plot_profile, profile
     from targets.spec import get_target
@@ -231,7 +231,7 @@ _HIDE_BELOW_DROPS = 2.0
 def _dense_accuracy(res: SearchResult) -> float | None:
     """The dense model's accuracy: from the front's dense measurement, else from this run's
     dense record (it carries the accuracy even when its measurement failed)."""
-    from hwsearch.plan import Plan
+    from hwsearch.core.plan import Plan
 
     acc = res.front.attrs.get("dense_accuracy")
     if acc is None:
@@ -282,14 +282,14 @@ def print_front_table(con: Console, df: pd.DataFrame, *, dense_accuracy: float |
                       csv: object) -> None:
     """The front as a table that reads at 80 columns: one row per plan with its key prefix
     (enough for ``hwsearch export --plan``), accuracy, predicted and measured µs, speed-up,
-    flash, and the plan in :meth:`~hwsearch.plan.Plan.compact` notation wrapped in its cell.
+    flash, and the plan in :meth:`~hwsearch.core.plan.Plan.compact` notation wrapped in its cell.
     Plans more than ``hide_below`` (absolute accuracy) below ``dense_accuracy`` are counted, not
     shown; when that leaves none, the three most accurate are shown."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    from hwsearch.plan import COMPACT_LEGEND, Plan
+    from hwsearch.core.plan import COMPACT_LEGEND, Plan
 
     dense = df.attrs.get("dense_latency_s")
     dep = df.attrs.get("deployment") or {}

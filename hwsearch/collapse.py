@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from hwsearch import importance
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import PRUNABLE_TYPES, ModelGraph
 
 __all__ = ["report", "max_sparsity_before_collapse", "floored_layers", "connected_weights"]
@@ -234,7 +234,7 @@ def max_sparsity_before_collapse(model: ModelGraph | nn.Module,
 
 def floored_layers(resolved: pd.DataFrame | object) -> list[str]:
     """Layers whose ``min_density`` floor binds, in table order: a resolved table
-    (:func:`hwsearch.plan.resolve`) or a :class:`hwsearch.prune.Decisions`. Raises
+    (:func:`hwsearch.core.resolve.resolve`) or a :class:`hwsearch.prune.Decisions`. Raises
     :class:`PlanError` for a table without the ``min_density_binds`` column."""
     table = getattr(resolved, "resolved", resolved)
     if not isinstance(table, pd.DataFrame) or "min_density_binds" not in table.columns:

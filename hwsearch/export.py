@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from hwsearch import prune, recalibrate, records
-from hwsearch.errors import PlanError, StoreError
+from hwsearch import prune, recalibrate
+from hwsearch.core import records
+from hwsearch.core.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
-from hwsearch.plan import Plan
+from hwsearch.core.plan import Plan
 from targets.runtimes import export_onnx
 
 __all__ = ["MANIFEST_SCHEMA_VERSION", "NoPlanWithinDrop", "candidate_line", "pick_plan", "from_search", "bundle",

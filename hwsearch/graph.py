@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from hwsearch.errors import ModelError
+from hwsearch.core.errors import ModelError
 
 __all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
 
@@ -148,7 +148,7 @@ def analyze(
 
     ``ignored`` names layers whose output channels must never be pruned; the layer producing
     the model's output is always ignored (its channels are the model's classes).
-    Raises :class:`~hwsearch.errors.ModelError` with a one-line remedy when the model cannot
+    Raises :class:`~hwsearch.core.errors.ModelError` with a one-line remedy when the model cannot
     be exported or has no prunable layer.
     """
     if isinstance(example_inputs, torch.Tensor):

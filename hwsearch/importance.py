@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 
 __all__ = ["Criterion", "Magnitude", "Random", "Taylor", "OBD", "SNIP", "GraSP", "SynFlow", "IMP",
            "get", "names", "register", "DataBatches", "LossFn", "global_keep", "tiered_scores"]

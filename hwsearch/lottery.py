@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 from hwsearch.importance import DataBatches, global_keep, tiered_scores
 
 __all__ = ["TrainFn", "Ticket", "imp", "ticket_model"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import Plan
+from hwsearch.core.plan import Plan
 
 __all__ = ["measure_model", "map_layer_timings", "match_by_size", "versions"]
 
@@ -163,7 +163,7 @@ def _error_record(backend: str, mode: str, error: str | None) -> dict[str, Any]:
 
 def plan_record(*, plan: Plan, target: Any, measured: dict[str, Any], predicted_latency_s: float,
                 costmodel: str, round_: int, study: str, accuracy: float | None, extra: dict | None = None) -> dict:
-    """A measurement record (see :mod:`hwsearch.records`) for ``plan``."""
+    """A measurement record (see :mod:`hwsearch.core.records`) for ``plan``."""
     rec = dict(measured)
     if "schema_version" in rec:  # the backend result's own layout version, not the record's
         rec["result_schema_version"] = rec.pop("schema_version")

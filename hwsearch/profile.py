@@ -24,10 +24,11 @@ import torch
 import torch.nn as nn
 
 from hwsearch import prune
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import match_by_size, measure_model
-from hwsearch.plan import LayerChoice, Plan, kept_channels
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import kept_channels
 
 __all__ = ["profile", "plot_profile"]
 

@@ -1,4 +1,4 @@
-"""Apply a :class:`~hwsearch.plan.Plan` to a model.
+"""Apply a :class:`~hwsearch.core.plan.Plan` to a model.
 
 Two ways, with the same outputs (tested):
 
@@ -34,10 +34,12 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 import torch_pruning as tp
 
-from hwsearch import importance, patterns
-from hwsearch.errors import PlanError
+from hwsearch import importance
+from hwsearch.core import patterns
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import LayerChoice, Plan, channel_segments, input_slices, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import channel_segments, input_slices, resolve
 
 __all__ = ["Decisions", "decide", "apply", "masked_state", "global_plan", "nm_compressed"]
 
@@ -239,7 +241,7 @@ def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask",
     ``mode`` is ``"mask"`` (parametrized keep-masks, trainable: masked weights stay zero
     whatever the optimiser does) or ``"fold"`` (channels removed, weight-level zeros baked in;
     see :func:`nm_compressed` for the N:M layout). Raises
-    :class:`~hwsearch.errors.PlanError` for an invalid plan or mode.
+    :class:`~hwsearch.core.errors.PlanError` for an invalid plan or mode.
     """
     if mode not in ("mask", "fold"):
         raise PlanError(f"unknown mode {mode!r}; use 'mask' or 'fold'")
@@ -377,7 +379,7 @@ def global_plan(graph: ModelGraph, sparsity: float, *, criterion: str | importan
 
 
 def nm_compressed(model: nn.Module, decisions: Decisions) -> dict[str, patterns.NMCompressed]:
-    """The N:M compressed layout (values + packed indices, :func:`hwsearch.patterns.nm_compress`)
+    """The N:M compressed layout (values + packed indices, :func:`hwsearch.core.patterns.nm_compress`)
     of every ``nm`` layer of ``model``, a model folded from ``decisions``
     (``apply(..., mode="fold")``). Raises :class:`PlanError` when a layer's weight does not have
     the decided channel-pruned shape (the model was not folded from these decisions)."""

@@ -86,8 +86,8 @@ def study_report(search_dir: Path, out: Path | None = None) -> dict[str, Path]:
       measured latency of every measured plan, by round;
     * baselines from ``<search_dir>/baselines.csv`` when present (written by the baselines study).
     """
-    from hwsearch import records
-    from hwsearch.errors import StoreError
+    from hwsearch.core import records
+    from hwsearch.core.errors import StoreError
     from hwsearch.search import _front, _front_with_measurements, open_storage
 
     search_dir = Path(search_dir)

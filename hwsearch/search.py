@@ -33,8 +33,9 @@ import pandas as pd
 import costmodels
 from costmodels.analytical import Sample
 from costmodels.base import FitReport, fidelity
-from hwsearch import prune, recalibrate, records, zoo
-from hwsearch.errors import PlanError, StoreError
+from hwsearch import prune, recalibrate, zoo
+from hwsearch.core import patterns, records
+from hwsearch.core.errors import PlanError, StoreError
 from hwsearch.deploy import (
     SITTING_RUNTIMES,
     DenseBaseline,
@@ -46,7 +47,8 @@ from hwsearch.deploy import (
 )
 from hwsearch.graph import ModelGraph, analyze
 from hwsearch.measure import measure_model, plan_record
-from hwsearch.plan import Plan, resolve
+from hwsearch.core.plan import Plan
+from hwsearch.core.resolve import resolve
 from hwsearch.space import SearchSpace
 from targets.spec import TargetSpec, get_target
 
@@ -110,7 +112,6 @@ class SearchConfig:
 
     def validate(self) -> None:
         """Cheap checks before any model is loaded; :class:`PlanError` names the bad value."""
-        from hwsearch.plan import PATTERN_NAMES
 
         if self.rounds < 1 or self.trials < 1 or self.measure_top_k < 0:
             raise PlanError(f"rounds ({self.rounds}) and trials ({self.trials}) must be >= 1 and "
@@ -119,9 +120,9 @@ class SearchConfig:
             raise PlanError(f"max_ratio {self.max_ratio} out of range: give 0 < max_ratio < 1")
         if not 0.0 <= self.min_density < 1.0:
             raise PlanError(f"min_density {self.min_density} out of range: give 0 <= min_density < 1")
-        bad = sorted(set(self.patterns) - set(PATTERN_NAMES))
+        bad = sorted(set(self.patterns) - set(patterns.names()))
         if bad:
-            raise PlanError(f"unknown patterns {bad}; valid: {', '.join(PATTERN_NAMES)}")
+            raise PlanError(f"unknown patterns {bad}; valid: {', '.join(patterns.names())}")
         if self.latency_budget_x is not None and not 0 < self.latency_budget_x:
             raise PlanError(f"latency_budget_x {self.latency_budget_x} must be positive (e.g. 0.7: 70% of the "
                             "dense model's latency in the fastest runtime)")

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from hwsearch import patterns
-from hwsearch.errors import PlanError
+from hwsearch.core import patterns
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph
-from hwsearch.plan import LayerChoice, Plan, PATTERN_NAMES, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 
 __all__ = ["SearchSpace"]
 
@@ -51,9 +52,9 @@ class SearchSpace:
         would take a share of the trials for nothing."""
         nm = nm or (int(target.patterns.get("nm", {}).get("n", 2)), int(target.patterns.get("nm", {}).get("m", 4)))
         block = block or tuple(target.patterns.get("block", {}).get("block", (1, 4)))
-        bad = set(patterns_wanted) - set(PATTERN_NAMES)
+        bad = set(patterns_wanted) - set(patterns.names())
         if bad:
-            raise PlanError(f"unknown patterns {sorted(bad)}; valid: {', '.join(PATTERN_NAMES)}")
+            raise PlanError(f"unknown patterns {sorted(bad)}; valid: {', '.join(patterns.names())}")
         if not (0.0 < max_ratio < 1.0):
             raise PlanError(f"max_ratio {max_ratio} out of range: give 0 < max_ratio < 1")
         if not (0.0 <= min_density < 1.0):
@@ -119,7 +120,7 @@ class SearchSpace:
                 by_pattern.setdefault(pat, {}).setdefault(_short_reason(layer, reason), []).append(layer)
         lines = []
         n = len(self.allowed)
-        for pat in sorted(by_pattern, key=lambda p: PATTERN_NAMES.index(p) if p in PATTERN_NAMES else 99):
+        for pat in sorted(by_pattern, key=lambda p: patterns.names().index(p) if p in patterns.names() else 99):
             groups = by_pattern[pat]
             lines.append(f"pattern {pat} not offered on {sum(len(v) for v in groups.values())} of {n} layers:")
             lines += [f"  {', '.join(layers)}: {reason}" for reason, layers in groups.items()]

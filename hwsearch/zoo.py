@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwsearch.errors import HwsearchError, ModelError
+from hwsearch.core.errors import HwsearchError, ModelError
 
 __all__ = ["Dataset", "MNIST1DNet", "mnist1d_data", "mnist1d_cnn", "mnist1d_cnn_small", "train", "evaluate",
            "load_cached", "load_callable", "load_model", "load_data", "cache_dir", "REFERENCE"]

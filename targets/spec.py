@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hwsearch.errors import SpecError
+from hwsearch.core import patterns as pattern_registry
+from hwsearch.core.errors import SpecError
 
 __all__ = ["Figure", "TargetSpec", "load_spec", "list_targets", "get_target", "SPEC_DIR", "SCHEMA_VERSION"]
 
@@ -159,10 +160,9 @@ def load_spec(path: str | Path) -> TargetSpec:
     patterns = data.get("patterns", {})
     if not isinstance(patterns, dict) or not all(isinstance(v, dict) for v in patterns.values()):
         raise SpecError(f"{path}: [patterns.<name>] entries must be tables")
-    from hwsearch.plan import PATTERN_NAMES
-    bad = set(patterns) - set(PATTERN_NAMES)
+    bad = set(patterns) - set(pattern_registry.names())
     if bad:
-        raise SpecError(f"{path}: unknown patterns {sorted(bad)}; valid: {', '.join(PATTERN_NAMES)}")
+        raise SpecError(f"{path}: unknown patterns {sorted(bad)}; valid: {', '.join(pattern_registry.names())}")
     runtimes = measure.get("runtimes", [])
     if not isinstance(runtimes, list) or any(r not in RUNTIMES for r in runtimes):
         raise SpecError(f"{path}: [measure] runtimes {runtimes!r} must be a list of {', '.join(RUNTIMES)}")

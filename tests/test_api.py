@@ -11,7 +11,7 @@ import hwsearch
 
 def test_face_names_resolve_to_the_real_objects():
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.search import SearchConfig
     from targets.spec import get_target
 

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 import costmodels
 from costmodels.analytical import RooflineModel
 from costmodels.batch import PATTERN_CODES, BatchPricer, arrays_to_plans, plans_to_arrays
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 from targets.spec import get_target
 
 ALL = ("dense", "unstructured", "channel", "nm", "block")
@@ -153,7 +154,7 @@ def test_kernel_corrections_and_glue_match_the_loop(mix, host):
     """A refit model with per-kernel corrections (dense and accelerated kernels) and a glue term
     prices the same in a batch as plan by plan, and the corrections do change prices."""
     from costmodels.analytical import Sample
-    from hwsearch.plan import resolve
+    from hwsearch.core.resolve import resolve
 
     fast = dataclasses.replace(host, patterns={p: {"kernel": True, "speedup": True} for p in ALL})
     cm = RooflineModel(fast)

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from hwsearch import cli, export, records, zoo
+from hwsearch import cli, export, zoo
+from hwsearch.core import records
 from hwsearch.cli import main, print_front_table
-from hwsearch.plan import LayerChoice, Plan
+from hwsearch.core.plan import LayerChoice, Plan
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = "tests.fixtures.bad_models"

@@ -12,7 +12,7 @@ import torch.nn as nn
 from sklearn.datasets import load_digits
 
 from hwsearch import collapse, importance
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 
 
 def _digits() -> importance.DataBatches:

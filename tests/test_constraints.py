@@ -17,7 +17,7 @@ from costmodels.batch import BatchPricer
 from hwsearch import search as S
 from hwsearch import zoo
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan
+from hwsearch.core.plan import LayerChoice, Plan
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 

@@ -9,9 +9,10 @@ import pytest
 import costmodels
 from costmodels.analytical import Sample
 from costmodels.memory import flash_bytes, layer_storage
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 from targets.spec import get_target
 
 
@@ -121,7 +122,8 @@ def test_refit_corrects_measured_kernels_and_fits_the_glue(resdw):
     corrected exactly where they appear again, unmeasured kernels keep factor 1, and what totals
     leave after the layers is split into a fixed overhead and a term in kept activation bytes."""
     from costmodels.analytical import RooflineModel, Sample
-    from hwsearch.plan import LayerChoice, Plan, resolve
+    from hwsearch.core.plan import LayerChoice, Plan
+    from hwsearch.core.resolve import resolve
     from targets.spec import get_target
 
     g = analyze(*resdw)

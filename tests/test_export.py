@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from hwsearch import export, records
+from hwsearch import export
+from hwsearch.core import records
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan
+from hwsearch.core.plan import LayerChoice, Plan
 from targets.spec import get_target
 from targets.toolchains import cross_c_missing
 

@@ -22,9 +22,10 @@ from costmodels import registry
 from costmodels.analytical import RooflineModel, Sample
 from costmodels.base import CostModel
 from costmodels.gpu24 import MIN_FIT_ROWS, PUBLIC_TABLE, SHAPE_RULES, Gpu24Model, load_table
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 from targets.spec import SPEC_DIR, get_target, load_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hwsearch.errors import ModelError
+from hwsearch.core.errors import ModelError
 from hwsearch.graph import analyze
 
 

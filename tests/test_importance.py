@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from hwsearch import importance, lottery
-from hwsearch.errors import PlanError
+from hwsearch.core.errors import PlanError
 
 # ------------------------------------------------------------------------------ fixtures
 

@@ -10,7 +10,8 @@ from costmodels import CostModel, CoverageError
 from costmodels.analytical import Sample
 from costmodels.lut import LUTModel
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 from targets.spec import get_target
 
 

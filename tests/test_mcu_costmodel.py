@@ -125,7 +125,8 @@ def _reference_layer_cases():
 
     from costmodels.mcu_cost import layer_shape, mcu_op
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan, resolve
+    from hwsearch.core.plan import LayerChoice, Plan
+    from hwsearch.core.resolve import resolve
     from hwsearch.zoo import MNIST1DNet
     from targets.mcu._layers import geometry, pack_layer
 
@@ -179,7 +180,7 @@ def test_plan_cost_model_prices_both_reference_models_on_both_cores() -> None:
 
     import costmodels
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.zoo import MNIST1DNet
     from targets.spec import get_target
 

@@ -39,7 +39,7 @@ def pruned_small() -> tuple[nn.Module, torch.Tensor]:
     statistics) after channel pruning and unstructured / block / N:M weight sparsity, folded."""
     from hwsearch import prune
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.zoo import MNIST1DNet
 
     torch.manual_seed(0)

@@ -53,7 +53,7 @@ def _small_reference_folded():
     from costmodels.memory import layer_storage
     from hwsearch import prune
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan
+    from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.zoo import MNIST1DNet
 
     torch.manual_seed(0)

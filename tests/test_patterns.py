@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hwsearch import patterns
-from hwsearch.errors import PlanError
-from hwsearch.plan import LayerChoice
-from hwsearch.patterns import StorageBytes
+from hwsearch.core import patterns
+from hwsearch.core.errors import PlanError
+from hwsearch.core.plan import LayerChoice
+from hwsearch.core.patterns import StorageBytes
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8)])
@@ -150,6 +150,7 @@ def test_nm_compress_refusals() -> None:
 
 
 def test_registry_names_the_valid_patterns() -> None:
-    assert patterns.names() == ["block", "channel", "dense", "nm", "unstructured"]
+    # registration order: the built-ins first, in the order of batch pricing's pattern codes
+    assert patterns.names() == ["dense", "unstructured", "channel", "nm", "block"]
     with pytest.raises(PlanError, match="valid: block, channel, dense, nm, unstructured"):
         patterns.get("2:4")

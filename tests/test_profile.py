@@ -6,7 +6,7 @@ import pytest
 
 from costmodels.lut import LUTModel
 from hwsearch.graph import analyze
-from hwsearch.plan import Plan
+from hwsearch.core.plan import Plan
 from hwsearch.profile import profile
 from targets.spec import get_target
 

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hwsearch import collapse, patterns, prune
-from hwsearch.errors import PlanError
+from hwsearch import collapse, prune
+from hwsearch.core import patterns
+from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph, analyze
-from hwsearch.plan import LayerChoice, Plan, resolve
+from hwsearch.core.plan import LayerChoice, Plan
+from hwsearch.core.resolve import resolve
 
 
 class Net(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from hwsearch import prune, recalibrate, zoo
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan
+from hwsearch.core.plan import LayerChoice, Plan
 
 
 def _batches(n: int = 3, seed: int = 1):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hwsearch import records
-from hwsearch.errors import StoreError
+from hwsearch.core import records
+from hwsearch.core.errors import StoreError
 
 
 def _rec(**kw):

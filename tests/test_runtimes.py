@@ -12,7 +12,7 @@ import torch
 
 from hwsearch import deploy, prune
 from hwsearch.graph import analyze
-from hwsearch.plan import LayerChoice, Plan
+from hwsearch.core.plan import LayerChoice, Plan
 from targets.runtimes import SittingConfig, SittingResult, measure_sitting
 from targets.spec import get_target
 

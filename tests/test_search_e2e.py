@@ -6,7 +6,7 @@ import json
 import optuna
 import pytest
 
-from hwsearch import records
+from hwsearch.core import records
 from hwsearch.search import SearchConfig, search
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,8 @@ import optuna
 
 import costmodels
 from hwsearch.graph import analyze
-from hwsearch.plan import Plan, resolve
+from hwsearch.core.plan import Plan
+from hwsearch.core.resolve import resolve
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 
@@ -97,7 +98,7 @@ def test_seed_plans_are_uniform_channel_plans_on_the_grid(resdw):
 
 
 def test_neighbours_move_one_layer_or_trade_between_two(resdw):
-    from hwsearch.plan import LayerChoice
+    from hwsearch.core.plan import LayerChoice
 
     g = analyze(*resdw)
     sp = SearchSpace.build(g, get_target("host-x86"), patterns_wanted=("dense", "channel"), max_ratio=0.55)

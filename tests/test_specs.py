@@ -9,7 +9,7 @@ import pytest
 
 from costmodels import registry
 from costmodels.analytical import RooflineModel
-from hwsearch.errors import SpecError
+from hwsearch.core.errors import SpecError
 from targets.spec import SCHEMA_VERSION, SPEC_DIR, get_target, list_targets, load_spec
 
 SHIPPED = sorted(SPEC_DIR.glob("*.toml"))

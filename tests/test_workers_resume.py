@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hwsearch import records
+from hwsearch.core import records
 
 pytestmark = pytest.mark.slow
 SMALL = ["--model", "hwsearch.zoo:mnist1d_cnn_small", "--samples", "2"]

@@ -57,7 +57,7 @@ from costmodels.batch import BatchPricer
 from hwsearch import baselines, prune, zoo
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model, plan_record, versions
-from hwsearch.plan import Plan
+from hwsearch.core.plan import Plan
 from hwsearch.search import Evaluator, SearchConfig, config_key, fit_cost_model, open_storage, search
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
@@ -93,7 +93,7 @@ def search_candidates(cfg: SearchConfig, graph, pricer: BatchPricer) -> pd.DataF
 
 
 def nonzero_macs(graph, plan: Plan, cfg: SearchConfig) -> int:
-    from hwsearch.plan import resolve
+    from hwsearch.core.resolve import resolve
 
     res = resolve(graph.table, graph.groups, plan, channel_multiple=cfg.channel_multiple, min_density=cfg.min_density)
     return int(round(float((res["dense_macs"] * res["weight_density"]).sum())))

@@ -50,10 +50,11 @@ import optuna
 import pandas as pd
 
 from costmodels.batch import BatchPricer
-from hwsearch import baselines, deploy, export, prune, recalibrate, records, zoo
+from hwsearch import baselines, deploy, export, prune, recalibrate, zoo
+from hwsearch.core import records
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model
-from hwsearch.plan import Plan
+from hwsearch.core.plan import Plan
 from hwsearch.search import Evaluator, SearchConfig, fit_cost_model, open_storage, search
 from targets.runtimes import SittingConfig, measure_sitting, runtime_versions
 from targets.spec import get_target

@@ -34,7 +34,8 @@ from costmodels.lut import LUTModel
 from hwsearch import prune, zoo
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model
-from hwsearch.plan import Plan, resolve
+from hwsearch.core.plan import Plan
+from hwsearch.core.resolve import resolve
 from hwsearch.profile import profile
 from hwsearch.space import SearchSpace
 from targets.spec import get_target

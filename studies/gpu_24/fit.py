@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from costmodels.gpu24 import DATA_DIR, PUBLIC_TABLE, Gpu24Model, device_matches, load_table  # noqa: E402
-from hwsearch.errors import HwsearchError  # noqa: E402
+from hwsearch.core.errors import HwsearchError  # noqa: E402
 from targets.spec import TargetSpec, list_targets  # noqa: E402
 
 log = logging.getLogger("gpu24.fit")

@@ -146,7 +146,8 @@ def reference_layers(widths: tuple[int, ...] = (32, 8), ratios: tuple[float, ...
 
     from costmodels.mcu_cost import layer_shape, mcu_op
     from hwsearch.graph import analyze
-    from hwsearch.plan import LayerChoice, Plan, resolve
+    from hwsearch.core.plan import LayerChoice, Plan
+    from hwsearch.core.resolve import resolve
     from hwsearch.zoo import MNIST1DNet
 
     seen: set = set()

@@ -112,7 +112,7 @@ def candidates(recs: list[dict], work: Path) -> list[dict]:
 def analyse_plans(cands: list[dict], graph, example, target, cfg, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     import costmodels
     from hwsearch import prune
-    from hwsearch.plan import Plan
+    from hwsearch.core.plan import Plan
     from targets.mcu.plan import measure_plan_layers
 
     cpu = str(target.measure.get("qemu_cpu"))
@@ -339,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import costmodels
-    from hwsearch import records, zoo
+    from hwsearch import zoo
+    from hwsearch.core import records
     from hwsearch.graph import analyze
-    from hwsearch.plan import Plan
+    from hwsearch.core.plan import Plan
     from hwsearch.search import SearchConfig, search
     from targets import mcu
     from targets.spec import get_target

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from hwsearch.errors import HwsearchError
+from hwsearch.core.errors import HwsearchError
 
 __all__ = ["BuildFailure", "ImportFailure", "MeasureFailure", "TVMBackendError", "one_line",
            "user_frame"]

@@ -1,146 +1,23 @@
-"""Per-layer sparsity plans.
+"""Resolve a plan on a model's layer table: kept channels, weight density, MACs and bytes.
 
-A :class:`Plan` maps layer names to a :class:`LayerChoice` — the sparsity pattern and the
-ratio (fraction of weights, or of output channels, *removed*, in [0, 1)). Plans are
-immutable, hashable (``plan.key``) and serialise to plain JSON.
-
-:func:`resolve` turns a plan into concrete per-layer figures for a model's layer table:
-kept output/input channels after channel pruning (rounded to a multiple so tuned shapes
-repeat), the density of the weight pattern, and the resulting MACs, parameters and activation
-sizes. Cost models and pruning both consume this resolution, so they agree by construction.
+:func:`resolve` turns a :class:`~hwsearch.core.plan.Plan` into concrete per-layer figures for a
+model's layer table (see :func:`hwsearch.graph.analyze`): kept output/input channels after
+channel pruning (rounded to a multiple so tuned shapes repeat), the density of the weight
+pattern, and the resulting MACs, parameters and activation sizes. Cost models and pruning both
+consume this resolution, so they agree by construction.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import pandas as pd
 
-from hwsearch.errors import PlanError
+from hwsearch.core import patterns
+from hwsearch.core.errors import PlanError
+from hwsearch.core.plan import Plan
 
-__all__ = ["LayerChoice", "Plan", "resolve", "kept_channels", "channel_segments", "input_slices",
-           "PATTERN_NAMES", "COMPACT_LEGEND"]
-
-PATTERN_NAMES = ("dense", "unstructured", "channel", "nm", "block")
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """One layer's sparsity.
-
-    ``ratio`` is the fraction removed: of weights for ``unstructured``/``block``, of the
-    layer's channel group's output channels for ``channel``; for ``nm`` it is fixed at
-    ``1 - n/m``. ``block`` is (rows, cols) of a block in the layer's 2-D weight view
-    (out × in·kernel).
-    """
-
-    pattern: str = "dense"
-    ratio: float = 0.0
-    n: int = 2
-    m: int = 4
-    block: tuple[int, int] = (1, 4)
-
-    def __post_init__(self) -> None:
-        if self.pattern not in PATTERN_NAMES:
-            raise PlanError(f"unknown pattern {self.pattern!r}; valid: {', '.join(PATTERN_NAMES)}")
-        if self.pattern == "nm":
-            if not (0 < self.n < self.m):
-                raise PlanError(f"N:M needs 0 < N < M, got {self.n}:{self.m}")
-            object.__setattr__(self, "ratio", 1.0 - self.n / self.m)
-        if self.pattern == "dense":
-            object.__setattr__(self, "ratio", 0.0)
-        if not (0.0 <= float(self.ratio) < 1.0) or math.isnan(float(self.ratio)):
-            raise PlanError(f"ratio {self.ratio!r} out of range: give the fraction removed, 0 <= ratio < 1")
-        object.__setattr__(self, "ratio", float(self.ratio))
-        object.__setattr__(self, "block", tuple(int(b) for b in self.block))
-        if len(self.block) != 2 or min(self.block) < 1:
-            raise PlanError(f"block must be two positive sizes (rows, cols), got {self.block!r}")
-
-    def to_dict(self) -> dict:
-        d: dict = {"pattern": self.pattern, "ratio": round(self.ratio, 6)}
-        if self.pattern == "nm":
-            d.update(n=self.n, m=self.m)
-        if self.pattern == "block":
-            d["block"] = list(self.block)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> LayerChoice:
-        if not isinstance(d, Mapping) or "pattern" not in d:
-            raise PlanError(f"a layer choice must be a mapping with 'pattern' (and 'ratio'), got {d!r}")
-        unknown = set(d) - {"pattern", "ratio", "n", "m", "block"}
-        if unknown:
-            raise PlanError(f"unknown keys {sorted(unknown)} in layer choice {dict(d)!r}")
-        return cls(pattern=d["pattern"], ratio=float(d.get("ratio", 0.0)), n=int(d.get("n", 2)),
-                   m=int(d.get("m", 4)), block=tuple(d.get("block", (1, 4))))
-
-
-@dataclass(frozen=True)
-class Plan(Mapping[str, LayerChoice]):
-    """Immutable mapping layer name → :class:`LayerChoice`; absent layers stay dense."""
-
-    choices: Mapping[str, LayerChoice] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "choices", dict(sorted(self.choices.items())))
-
-    def __getitem__(self, layer: str) -> LayerChoice:
-        return self.choices[layer]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.choices)
-
-    def __len__(self) -> int:
-        return len(self.choices)
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def get_choice(self, layer: str) -> LayerChoice:
-        return self.choices.get(layer, LayerChoice())
-
-    def to_dict(self) -> dict[str, dict]:
-        return {k: v.to_dict() for k, v in self.choices.items() if v.pattern != "dense"}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Plan:
-        if not isinstance(d, Mapping):
-            raise PlanError(f"a plan must be a mapping layer -> choice, got {type(d).__name__}")
-        return cls({str(k): LayerChoice.from_dict(v) for k, v in d.items()})
-
-    @property
-    def key(self) -> str:
-        """Stable 12-hex-digit identity of the plan (dense layers omitted)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
-
-    def describe(self) -> str:
-        parts = [f"{k}:{v.pattern}@{v.ratio:.2f}" for k, v in self.choices.items() if v.pattern != "dense"]
-        return ", ".join(parts) or "dense"
-
-    def compact(self, sep: str = " · ") -> str:
-        """A short per-layer notation for tables: ``down ch50 · head un70 · pw 2:4`` — ``chX``:
-        X % of the layer's output channels removed, ``unX``: X % of its weights zeroed, ``N:M``:
-        N of every M weights kept, ``bkX[RxC]``: X % of its R×C weight blocks zeroed; layers
-        not named stay dense ("dense" when all do). See :data:`COMPACT_LEGEND`."""
-        parts = []
-        for layer, c in self.choices.items():
-            pct = f"{round(c.ratio * 100, 1):g}"
-            if c.pattern == "nm":
-                parts.append(f"{layer} {c.n}:{c.m}")
-            elif c.pattern == "block":
-                parts.append(f"{layer} bk{pct}[{c.block[0]}x{c.block[1]}]")
-            elif c.pattern != "dense":
-                parts.append(f"{layer} {_COMPACT_CODES[c.pattern]}{pct}")
-        return sep.join(parts) or "dense"
-
-
-_COMPACT_CODES = {"channel": "ch", "unstructured": "un"}
-COMPACT_LEGEND = ("chX / unX: X% of a layer's output channels removed / weights zeroed; N:M: N of every M weights "
-                  "kept; bkX[RxC]: X% of RxC weight blocks zeroed; layers not named stay dense")
+__all__ = ["resolve", "kept_channels", "channel_segments", "input_slices"]
 
 
 def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: float = 0.0) -> int:
@@ -263,8 +140,6 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     Raises :class:`PlanError` for unknown layers, channel ratios on layers that cannot take
     them, grouped convs left unbalanced, and shapes a pattern cannot tile.
     """
-    from hwsearch import patterns  # local import: patterns imports plan
-
     unknown = set(plan) - set(table.index)
     if unknown:
         raise PlanError(f"plan names layers not in the model: {sorted(unknown)}; valid layers: "

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hwsearch.errors import StoreError
+from hwsearch.core.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "append", "load", "REQUIRED"]
 

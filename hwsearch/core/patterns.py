@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hwsearch.errors import PlanError
-from hwsearch.plan import LayerChoice
+from hwsearch.core.errors import PlanError
+
+if TYPE_CHECKING:  # a plan's choices are validated against this registry: plan imports patterns
+    from hwsearch.core.plan import LayerChoice
 
 __all__ = ["Pattern", "StorageBytes", "NMCompressed", "nm_compress", "nm_decompress", "get", "names",
            "register"]
@@ -150,16 +153,21 @@ class NM(Pattern):
         return choice.n / choice.m
 
     def mask(self, scores: torch.Tensor, choice: LayerChoice, min_density: float = 0.0) -> torch.Tensor:
-        rows = scores.shape[0]
-        s = scores.reshape(rows, -1, choice.m).float()
-        keep = torch.zeros_like(s, dtype=torch.bool)
-        keep.scatter_(-1, torch.topk(s, choice.n, dim=-1).indices, True)
-        return keep.view_as(scores)
+        return _nm_mask(scores, choice.n, choice.m)
 
     def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
         kept = rows * cols * choice.n // choice.m
         bits = max(1, math.ceil(math.log2(choice.m)))
         return StorageBytes(kept * dtype_bytes, math.ceil(kept * bits / 8), "nm")
+
+
+def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest scores of every ``m`` consecutive columns."""
+    rows = scores.shape[0]
+    s = scores.reshape(rows, -1, m).float()
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    keep.scatter_(-1, torch.topk(s, n, dim=-1).indices, True)
+    return keep.view_as(scores)
 
 
 class Block(Pattern):
@@ -244,7 +252,7 @@ def nm_compress(weight: torch.Tensor, n: int, m: int, mask: torch.Tensor | None 
     if cols % m:
         raise PlanError(f"{n}:{m} compression needs the input dimension ({cols}) divisible by {m}")
     if mask is None:
-        mask = NM().mask(weight.detach().abs(), LayerChoice("nm", n=n, m=m))
+        mask = _nm_mask(weight.detach().abs(), n, m)
     if tuple(mask.shape) != (rows, cols):
         raise PlanError(f"mask shape {tuple(mask.shape)} differs from weight shape {(rows, cols)}")
     groups = mask.reshape(rows, cols // m, m).bool()
@@ -290,8 +298,10 @@ def get(name: str) -> Pattern:
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered pattern names in registration order (the built-ins first: dense,
+    unstructured, channel, nm, block — the order of pattern codes in batch pricing)."""
+    return list(_REGISTRY)
 
 
-for _p in (Dense(), Channel(), Unstructured(), NM(), Block()):
+for _p in (Dense(), Unstructured(), Channel(), NM(), Block()):
     register(_p)
