@@ -19,7 +19,7 @@ non-negative least-squares fit (scipy) on measured per-layer times. A roofline i
 channel count, but compiled kernels are not (a schedule found for 48 channels can be slower than
 one for 64), so the refit also keeps, per measured *kernel* — its kind, geometry, kept input and
 output channels and, where a weight pattern is accelerated, its density
-(:func:`kernel_signature`) — the median ratio of measured to roofline time, and applies it
+(:func:`costmodels.kernels.kernel_key`) — the median ratio of measured to roofline time, and applies it
 wherever that kernel appears again (nn-Meter's kernel-level view; ``correction`` is 1 for a
 kernel never measured). The model-level overhead and the glue term are fitted (NNLS) on what
 measured totals leave after the layers: adds, activations and pooling shrink with the kept
@@ -29,73 +29,22 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from costmodels.base import CostModel, FitReport, fidelity
+from costmodels.base import BatchLatency, CostModel, CostModelFileError, FitReport, PlanArrays, Sample
+from costmodels.kernels import kernel_correction, kernel_density, kernel_keys, static_signature
 from costmodels.memory import DTYPE_BYTES
-from hwsearch.core.errors import SpecError
 
-__all__ = ["RooflineModel", "Sample", "KINDS", "kernel_signature", "static_signature"]
+__all__ = ["RooflineModel", "KINDS"]
 
 KINDS = ("conv", "depthwise", "grouped", "linear")
 _MIN_ROWS_PER_KIND = 3
-
-
-def static_signature(row: Any) -> str:
-    """The part of a layer's kernel signature that no plan changes: kind, kernel, stride,
-    padding, input spatial size and the fused epilogue (a row of the layer table or of a
-    resolved plan). The epilogue matters: on host-x86 quick mode the same 64→48 conv measured
-    30 µs fused with BatchNorm+ReLU and 19 µs fused with BatchNorm+add+ReLU (distinct TVM
-    kernels, distinct schedules)."""
-    epi = row.get("epilogue", "") if hasattr(row, "get") else ""
-    epi = epi if isinstance(epi, str) else ""
-    return (f"{row['kind']}|w{tuple(row['weight_shape'])[2:]}|s{row['stride']}|p{row['padding']}"
-            f"|i{tuple(row['in_shape'])[2:]}" + (f"|e{epi}" if epi else ""))
-
-
-def kernel_signature(static: str, kept_in: int, kept_out: int, density: float | None) -> str:
-    """A compiled kernel's identity: :func:`static_signature`, kept channels, and the weight
-    density when the pattern is accelerated (``None``: it runs as the dense kernel)."""
-    return f"{static}|{int(kept_in)}x{int(kept_out)}|" + ("dense" if density is None else f"d{density:.3f}")
-
-
-def kernel_correction(table: dict[str, float], static: str, kept_in: int, kept_out: int,
-                      density: float | None) -> float:
-    """The refit's correction (measured ÷ roofline time) of a kernel: its own when it was
-    measured; else that of the same layer (same static signature and density mode) measured at
-    the nearest channel counts (by |log(kept_in·kept_out ratio)|), since a layer's efficiency in
-    a runtime changes slowly with its width; 1.0 when the layer was never measured."""
-    key = kernel_signature(static, kept_in, kept_out, density)
-    if key in table:
-        return table[key]
-    tag = "dense" if density is None else f"d{density:.3f}"
-    want = max(1, int(kept_in) * int(kept_out))
-    best, dist = 1.0, math.inf
-    for k, v in table.items():
-        st, shape, dt = k.rsplit("|", 2)
-        if st != static or dt != tag:
-            continue
-        a, b = shape.split("x")
-        d = abs(math.log(max(1, int(a) * int(b)) / want))
-        if d < dist:
-            best, dist = v, d
-    return best
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One measured plan for a refit: its resolved table, the measured whole-model latency
-    (seconds) and, when the backend timed layers alone, ``layer_s`` {layer: seconds}."""
-
-    resolved: pd.DataFrame
-    latency_s: float
-    layer_s: dict[str, float] | None = None
-    extra: dict | None = None  # backend-specific evidence, e.g. {"mcu_rows": [...]} per-layer counts
+# Methods whose override makes price_batch give up (it re-implements them array-wise).
+_PRICED_BY_BATCH = ("predict", "features", "layer_latency", "model_overhead_s")
 
 
 class RooflineModel(CostModel):
@@ -141,13 +90,8 @@ class RooflineModel(CostModel):
                              "roofline_s": roof, "accelerated": accel}, index=resolved.index)
 
     def signatures(self, resolved: pd.DataFrame) -> list[str]:
-        """:func:`kernel_signature` of every layer of a resolved plan."""
-        # a weight pattern whose zeros the target's kernels skip is its own kernel (by density);
-        # every other layer runs the dense kernel of its kept shape
-        accel = [p not in ("dense", "channel") and bool(self.target.accelerates(p)) for p in resolved["pattern"]]
-        return [kernel_signature(static_signature(r), r["kept_in"], r["kept_out"],
-                                 float(r["weight_density"]) if a else None)
-                for (_, r), a in zip(resolved.iterrows(), accel)]
+        """:func:`costmodels.kernels.kernel_key` of every layer of a resolved plan."""
+        return list(kernel_keys(resolved, self.target.accelerates))
 
     def _base_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         f = self.features(resolved)
@@ -163,14 +107,65 @@ class RooflineModel(CostModel):
     def layer_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         lat, gaps = self._base_latency(resolved)
         if self.corrections:
-            accel = [p not in ("dense", "channel") and bool(self.target.accelerates(p)) for p in resolved["pattern"]]
+            acc = self.target.accelerates
             lat = lat * np.array([kernel_correction(self.corrections, static_signature(r), r["kept_in"], r["kept_out"],
-                                                    float(r["weight_density"]) if a else None)
-                                  for (_, r), a in zip(resolved.iterrows(), accel)])
+                                                    kernel_density(str(r["pattern"]), float(r["weight_density"]), acc))
+                                  for _, r in resolved.iterrows()])
         return lat, gaps
 
     def model_overhead_s(self) -> float:
         return self.overhead_model
+
+    def price_batch(self, arrays: PlanArrays) -> BatchLatency | None:
+        """:meth:`features` and :meth:`layer_latency` array-wise (see :class:`CostModel`); ``None``
+        when a subclass overrides how this model prices (:data:`_PRICED_BY_BATCH`)."""
+        cls = type(self)
+        if any(getattr(cls, name) is not getattr(RooflineModel, name) for name in _PRICED_BY_BATCH):
+            return None
+        roof, sped = self._batch_roofline(arrays)
+        scale = np.array([self.scale.get(k, math.nan) for k in arrays.kind])
+        overhead = np.array([self.overhead.get(k, math.nan) for k in arrays.kind])
+        lat = scale[None, :] * roof + overhead[None, :]
+        if self.corrections:
+            lat = lat * self._batch_corrections(arrays, np.where(sped, arrays.density, -1.0))
+        latency = np.nansum(lat, axis=1) + self.model_overhead_s()
+        if self.glue_per_byte:
+            latency = latency + self.glue_per_byte * arrays.act_out_bytes_kept.sum(axis=1)
+        gaps = tuple(layer for layer, kind in zip(arrays.layers, arrays.kind) if kind not in self.scale)
+        return BatchLatency(layer_latency_s=lat, latency_s=latency, coverage_gaps=gaps)
+
+    def _batch_roofline(self, a: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
+        """``P × L`` roofline seconds (:meth:`features`) and where an accelerated weight pattern
+        prices its zeros away."""
+        b = DTYPE_BYTES[self.dtype]
+        accel_code = np.array([bool(self.target.accelerates(p)) for p in a.patterns])
+        macs_eff = a.dense_macs.astype(float)
+        wbytes = a.dense_weights.astype(float) * b
+        # Only accelerated weight-level patterns price their zeros away (density < 1 there).
+        sped = a.weight_level & accel_code[np.clip(a.codes, 0, len(a.patterns) - 1)]
+        if sped.any():
+            macs_eff[sped] = macs_eff[sped] * a.density[sped]
+            wbytes[sped] = a.nnz[sped].astype(float) * b
+        act = (a.act_in_bytes_kept + a.act_out_bytes_kept) * b / a.example_bytes[None, :]
+        nbytes = wbytes + act
+        bw = np.where((nbytes <= self.cache_bytes) & (self.cache_bw is not None), self.cache_bw or self.dram_bw,
+                      self.dram_bw)
+        return np.maximum(macs_eff / self.peak_macs_s, nbytes / bw), sped
+
+    def _batch_corrections(self, a: PlanArrays, density: np.ndarray) -> np.ndarray:
+        """Per plan and layer, :func:`kernel_correction` of its kernel (``density`` < 0 where the
+        layer runs its dense kernel); one lookup per distinct kernel."""
+        out = np.ones(a.kept_in.shape, dtype=float)
+        prefixes = {k.rsplit("|", 2)[0] for k in self.corrections}
+        for j, static in enumerate(a.static):
+            if static not in prefixes:
+                continue
+            keys = np.stack([a.kept_in[:, j], a.kept_out[:, j], density[:, j]], axis=1)
+            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+            f = np.array([kernel_correction(self.corrections, static, int(ki), int(ko), None if d < 0 else float(d))
+                          for ki, ko, d in uniq])
+            out[:, j] = f[inv.reshape(-1)]
+        return out
 
     def glue_s(self, resolved: pd.DataFrame) -> float:
         return self.glue_per_byte * float(resolved["act_out_bytes_kept"].sum()) if self.glue_per_byte else 0.0
@@ -190,78 +185,37 @@ class RooflineModel(CostModel):
             self.glue_per_byte = float(params.get("glue_s_per_byte", 0.0))
             self.corrections = {str(k): float(v) for k, v in params.get("corrections", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SpecError(f"roofline cost-model parameters are malformed ({exc}); refit the model") from None
+            raise CostModelFileError(f"roofline cost-model parameters are malformed ({exc}); refit the model") from None
 
     # ---- refit ---------------------------------------------------------------------------------
     def total_latency(self, resolved: pd.DataFrame) -> float:
         lat, _ = self.layer_latency(resolved)
         return float(np.nansum(lat)) + self.overhead_model + self.glue_s(resolved)
 
-    def refit(self, samples: list[Sample], graphs: Any = None, *,
-              totals_of: list[Sample] | None = None) -> FitReport:
+    def refit(self, samples: list[Sample], *, totals_of: list[Sample] | None = None) -> FitReport:
         """Refit per-kind scale and overhead on measured layer times (NNLS); then the per-kernel
         corrections (median measured / roofline time of every kernel measured; the previous ones
         are replaced); then the model overhead and glue term on measured totals (of ``totals_of``,
         default all samples). Kinds with fewer than 3 measured layer rows keep their previous
         parameters. With no per-layer times, one global scale and the overhead are fitted on
-        totals."""
-        if not samples:
-            raise ValueError("refit needs at least one measured plan")
+        totals. Raises :class:`CostModelError` for an empty list."""
+        self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
         before = np.array([self.total_latency(s.resolved) for s in samples])
-        rows = []
-        for s in samples:
-            if not s.layer_s:
-                continue
-            f = self.features(s.resolved)
-            for layer, t in s.layer_s.items():
-                if layer in f.index and t > 0:
-                    rows.append((f.at[layer, "kind"], f.at[layer, "roofline_s"], t))
-        fitted_kinds = {}
+        rows = self._layer_rows(samples)
+        fitted_kinds: dict[str, int] = {}
         if rows:
-            df = pd.DataFrame(rows, columns=["kind", "roofline_s", "t"])
-            for kind, g in df.groupby("kind"):
-                if len(g) < _MIN_ROWS_PER_KIND or g["roofline_s"].nunique() < 2:
-                    continue
-                # Relative (weighted) least squares: divide each row by its measured time so
-                # small layers count as much as large ones.
-                w = 1.0 / g["t"].to_numpy()
-                A = np.stack([g["roofline_s"].to_numpy(), np.ones(len(g))], axis=1) * w[:, None]
-                coef, _ = nnls(A, g["t"].to_numpy() * w)
-                if coef[0] > 0:
-                    self.scale[str(kind)], self.overhead[str(kind)] = float(coef[0]), float(coef[1])
-                    fitted_kinds[str(kind)] = len(g)
-            # per-kernel corrections: median measured / roofline time of each kernel measured
-            ratios: dict[str, list[float]] = {}
-            for s in samples:
-                if not s.layer_s:
-                    continue
-                base, _ = self._base_latency(s.resolved)
-                for layer, sig, b in zip(s.resolved.index, self.signatures(s.resolved), base):
-                    t = s.layer_s.get(layer)
-                    if t and t > 0 and b > 0:
-                        ratios.setdefault(sig, []).append(t / b)
-            self.corrections = {sig: float(np.median(v)) for sig, v in ratios.items()}
+            fitted_kinds = self._fit_kinds(rows)
+            self.corrections = self._kernel_ratios(samples)
             # the overheads from the totals of ``totals_of`` (default: every sample) — a caller
             # whose samples include layers this model does not price (2:4 on a GPU) passes the others
             tot = samples if totals_of is None else totals_of
             if tot:
                 self._fit_overheads(tot, np.array([s.latency_s for s in tot], dtype=float))
         else:
-            # Totals only: t_total ≈ a · Σ roofline-layer-latency + c  (NNLS on relative errors).
-            sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
-            w = 1.0 / meas
-            if len(samples) >= 2 and np.ptp(sums) > 0:
-                coef, _ = nnls(np.stack([sums, np.ones(len(sums))], 1) * w[:, None], meas * w)
-                a, c = float(coef[0]), float(coef[1])
-            else:
-                a, c = float(np.median(meas / (sums + self.overhead_model))), self.overhead_model
-            if a > 0:
-                self.scale = {k: v * a for k, v in self.scale.items()}
-                self.overhead = {k: v * a for k, v in self.overhead.items()}
-                self.overhead_model = c
+            self._fit_totals_only(samples, meas)
         after = np.array([self.total_latency(s.resolved) for s in samples])
-        fb, fa = fidelity(before, meas), fidelity(after, meas)
+        report = FitReport.of(before, after, meas, layer_rows=len(rows), params=self.params())
         self.provenance["corrected_kernels"] = len(self.corrections)
         rel = (after - meas) / meas
         self.provenance["relative_std"] = float(max(0.02, np.sqrt(np.mean(rel ** 2))))
@@ -270,11 +224,66 @@ class RooflineModel(CostModel):
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "plans": len(samples), "layer_rows": len(rows), "fitted_kinds": fitted_kinds,
             "corrected_kernels": len(self.corrections), "glue_s_per_byte": self.glue_per_byte,
-            "mape_before": fb["mape"], "mape_after": fa["mape"]})
-        return FitReport(n=len(samples), mape_before=fb["mape"], mape_after=fa["mape"],
-                         within10_before=fb["within10"], within10_after=fa["within10"],
-                         within5_after=fa["within5"], kendall_tau_after=fa["kendall_tau"],
-                         layer_rows=len(rows), params=self.params())
+            "mape_before": report.mape_before, "mape_after": report.mape_after})
+        return report
+
+    def _layer_rows(self, samples: list[Sample]) -> list[tuple[str, float, float]]:
+        """(kind, roofline seconds, measured seconds) of every positive measured layer time."""
+        rows = []
+        for s in samples:
+            if not s.layer_s:
+                continue
+            f = self.features(s.resolved)
+            for layer, t in s.layer_s.items():
+                if layer in f.index and t > 0:
+                    rows.append((f.at[layer, "kind"], f.at[layer, "roofline_s"], t))
+        return rows
+
+    def _fit_kinds(self, rows: list[tuple[str, float, float]]) -> dict[str, int]:
+        """Per kind with 3+ rows at 2+ roofline times: scale and overhead by NNLS on relative
+        errors. Returns {kind: rows used} of the kinds refitted."""
+        fitted: dict[str, int] = {}
+        df = pd.DataFrame(rows, columns=["kind", "roofline_s", "t"])
+        for kind, g in df.groupby("kind"):
+            if len(g) < _MIN_ROWS_PER_KIND or g["roofline_s"].nunique() < 2:
+                continue
+            # Relative (weighted) least squares: divide each row by its measured time so
+            # small layers count as much as large ones.
+            w = 1.0 / g["t"].to_numpy()
+            A = np.stack([g["roofline_s"].to_numpy(), np.ones(len(g))], axis=1) * w[:, None]
+            coef, _ = nnls(A, g["t"].to_numpy() * w)
+            if coef[0] > 0:
+                self.scale[str(kind)], self.overhead[str(kind)] = float(coef[0]), float(coef[1])
+                fitted[str(kind)] = len(g)
+        return fitted
+
+    def _kernel_ratios(self, samples: list[Sample]) -> dict[str, float]:
+        """Median measured / roofline time of each kernel measured (by kernel key)."""
+        ratios: dict[str, list[float]] = {}
+        for s in samples:
+            if not s.layer_s:
+                continue
+            base, _ = self._base_latency(s.resolved)
+            for layer, sig, b in zip(s.resolved.index, self.signatures(s.resolved), base):
+                t = s.layer_s.get(layer)
+                if t and t > 0 and b > 0:
+                    ratios.setdefault(sig, []).append(t / b)
+        return {sig: float(np.median(v)) for sig, v in ratios.items()}
+
+    def _fit_totals_only(self, samples: list[Sample], meas: np.ndarray) -> None:
+        """t_total ≈ a · Σ roofline-layer-latency + c (NNLS on relative errors); every scale
+        and per-layer overhead times ``a``, the model overhead ``c``."""
+        sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
+        w = 1.0 / meas
+        if len(samples) >= 2 and np.ptp(sums) > 0:
+            coef, _ = nnls(np.stack([sums, np.ones(len(sums))], 1) * w[:, None], meas * w)
+            a, c = float(coef[0]), float(coef[1])
+        else:
+            a, c = float(np.median(meas / (sums + self.overhead_model))), self.overhead_model
+        if a > 0:
+            self.scale = {k: v * a for k, v in self.scale.items()}
+            self.overhead = {k: v * a for k, v in self.overhead.items()}
+            self.overhead_model = c
 
     def _fit_overheads(self, samples: list[Sample], meas: np.ndarray) -> None:
         """What measured totals leave after the layers = overhead_model + glue_per_byte · kept

@@ -4,8 +4,15 @@ A :class:`CostModel` prices a plan on one target: ``predict(graph, plan) -> Cost
 in seconds, weight storage and peak activation memory in bytes, and an uncertainty. It must
 cover every layer of the table or say which it does not (``coverage_gaps`` — a gap is never a
 silent zero: :meth:`CostModel.predict` raises :class:`CoverageError` unless
-``allow_gaps=True``). ``refit(records)`` fits corrections from measurement records and returns
-a :class:`FitReport`; ``save``/``load`` write a versioned JSON file with provenance.
+``allow_gaps=True``). ``refit(samples)`` fits corrections from measured plans (:class:`Sample`)
+and returns a :class:`FitReport`; ``save`` writes a versioned JSON file with provenance that
+``costmodels.load`` reads back. ``price_batch`` is an optional vectorised path for many plans
+at once (:class:`PlanArrays` in, :class:`BatchLatency` out; ``None``: the model has none).
+
+Everything a cost model raises for its user is a :class:`CostModelError` (one line: what is
+wrong and how to fix it; :mod:`costmodels.errors`). Of :mod:`costmodels` this module imports only
+the leaves :mod:`costmodels.errors` and :mod:`costmodels.memory` (exact storage and peak-activation
+bytes), never the package, the registry or a model.
 """
 from __future__ import annotations
 
@@ -19,15 +26,73 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hwsearch.core.errors import HwsearchError, SpecError
+from costmodels.errors import CostModelError, CostModelFileError, CoverageError
+from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
+from hwsearch.core.resolve import resolve
 
-__all__ = ["Cost", "CostModel", "CoverageError", "FitReport", "fidelity", "SCHEMA_VERSION"]
+__all__ = ["Cost", "CostModel", "CostModelError", "CoverageError", "CostModelFileError", "FitReport", "Sample",
+           "PlanArrays", "BatchLatency", "fidelity", "read_model_file", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
 
-class CoverageError(HwsearchError):
-    """A layer kind the cost model has no figure for."""
+@dataclass(frozen=True)
+class Sample:
+    """One measured plan for a refit: its resolved table (:func:`hwsearch.core.resolve.resolve`),
+    the measured whole-model latency in seconds (already brought to the dense baseline's scale
+    when the machine drifted) and, when the backend timed layers alone, ``layer_s``
+    {layer: seconds}; ``extra``: backend-specific evidence, e.g. ``{"mcu_rows": [...]}`` per-layer
+    instruction counts."""
+
+    resolved: pd.DataFrame
+    latency_s: float
+    layer_s: dict[str, float] | None = None
+    extra: dict | None = None
+
+
+@dataclass(frozen=True)
+class PlanArrays:
+    """``P`` plans on one model's ``L`` layers, resolved array-wise: the input of
+    :meth:`CostModel.price_batch`. Every ``P × L`` array holds what
+    :func:`hwsearch.core.resolve.resolve` gives per plan in the column of the same name; entries
+    of plans that ``resolve`` would refuse hold arbitrary finite numbers (the caller masks them).
+
+    Per layer (length ``L``): ``layers`` (names), ``kind`` (conv, depthwise, grouped, linear),
+    ``static`` (:func:`costmodels.kernels.static_signature`), ``example_bytes`` (bytes per element
+    of the analysed example's dtype). ``patterns``: the pattern name of each code in ``codes``.
+    ``P × L``: ``codes`` (int64), ``kept_in``, ``kept_out``, ``rows2d`` / ``cols2d`` (the kept
+    weight's 2-D view), ``dense_weights``, ``dense_macs``, ``nnz`` (int64), ``density`` (float, weight density; 1 for dense and channel),
+    ``weight_level`` (bool: a weight-level pattern), ``act_in_bytes_kept`` /
+    ``act_out_bytes_kept`` (float, bytes in the example's dtype)."""
+
+    layers: tuple[str, ...]
+    kind: np.ndarray
+    static: tuple[str, ...]
+    example_bytes: np.ndarray
+    patterns: tuple[str, ...]
+    codes: np.ndarray
+    kept_in: np.ndarray
+    kept_out: np.ndarray
+    rows2d: np.ndarray
+    cols2d: np.ndarray
+    dense_weights: np.ndarray
+    dense_macs: np.ndarray
+    nnz: np.ndarray
+    density: np.ndarray
+    weight_level: np.ndarray
+    act_in_bytes_kept: np.ndarray
+    act_out_bytes_kept: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchLatency:
+    """What :meth:`CostModel.price_batch` returns: ``layer_latency_s`` (``P × L`` seconds, NaN for
+    a layer not covered), ``latency_s`` (``P`` seconds per plan, as :meth:`CostModel.predict`'s
+    ``latency_s``) and ``coverage_gaps`` (names of the layers not covered)."""
+
+    layer_latency_s: np.ndarray
+    latency_s: np.ndarray
+    coverage_gaps: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -68,6 +133,16 @@ class FitReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(cls, before: np.ndarray, after: np.ndarray, measured: np.ndarray, *, layer_rows: int = 0,
+           params: dict[str, Any] | None = None) -> FitReport:
+        """The report of a refit from its predictions ``before`` and ``after`` it and the
+        ``measured`` latencies of the same plans (seconds)."""
+        fb, fa = fidelity(before, measured), fidelity(after, measured)
+        return cls(n=len(measured), mape_before=fb["mape"], mape_after=fa["mape"], within10_before=fb["within10"],
+                   within10_after=fa["within10"], within5_after=fa["within5"], kendall_tau_after=fa["kendall_tau"],
+                   layer_rows=layer_rows, params=dict(params or {}))
+
 
 def fidelity(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     """MAPE, shares within ±10 % and ±5 %, and Kendall's τ of predictions against measurements."""
@@ -84,11 +159,28 @@ def fidelity(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
 
 class CostModel(ABC):
-    """Base class of every cost model. Subclasses set ``kind`` (the registry key stored in the
-    file) and implement :meth:`layer_latency`, :meth:`params` / :meth:`set_params`, :meth:`refit`."""
+    """Base class of every cost model, and its contract.
+
+    A subclass sets ``kind`` (the registry key stored in its file) and implements
+    :meth:`layer_latency`, :meth:`model_overhead_s`, :meth:`params` / :meth:`set_params` and
+    :meth:`refit`; it may override :meth:`glue_s`, :meth:`scratch_bytes`, :meth:`relative_std`
+    and :meth:`price_batch`. Guarantees every model keeps (``tests/contracts/test_cost_models.py``
+    checks them on every registered model):
+
+    * :meth:`predict` gives a finite, positive ``latency_s`` (seconds) and non-negative bytes for a
+      plan it covers, and raises :class:`CoverageError` for one it does not (never a silent zero);
+    * weights as stored never grow when a plan gets sparser (same layers, higher ratios);
+    * :meth:`refit` moves predictions toward the measured samples and reports by how much;
+    * ``save`` then ``costmodels.load`` gives a model that predicts the same; a file is refused
+      (:class:`CostModelFileError`) for another target or runtime.
+
+    A model is not thread-safe while it refits; :meth:`predict` and :meth:`price_batch` only read it.
+    """
 
     kind = "base"
     version = 1
+    #: How :meth:`load` called on this base class builds the model a file names. Set by
+    #: :mod:`costmodels.registry` when it is imported (this module imports nothing of costmodels).
 
     def __init__(self, target: Any) -> None:
         self.target = target
@@ -117,15 +209,29 @@ class CostModel(ABC):
 
     @abstractmethod
     def set_params(self, params: dict[str, Any]) -> None:
-        """Restore parameters saved by :meth:`params`; raise :class:`SpecError` on bad content."""
+        """Restore parameters saved by :meth:`params`; raise :class:`CostModelFileError` on bad content."""
 
     @abstractmethod
-    def refit(self, samples: list[Any], graphs: Any = None) -> FitReport:
-        """Fit corrections from measured plans: each sample (``costmodels.analytical.Sample``)
-        holds a resolved plan, its measured latency in seconds (already brought to the dense
-        baseline's scale when the machine drifted), per-layer seconds where the runtime's
-        profiler gave them, and backend extras. Returns the fit's report (errors before and
-        after on ``samples``); raises ``ValueError`` for an empty list."""
+    def refit(self, samples: list[Sample]) -> FitReport:
+        """Fit corrections from measured plans (:class:`Sample`: a resolved plan, its measured
+        latency in seconds, per-layer seconds where the runtime's profiler gave them, backend
+        extras). Returns the fit's report (errors before and after on ``samples``); raises
+        :class:`CostModelError` for an empty list or samples it cannot use. A subclass may add
+        keyword-only options."""
+
+    def _require_samples(self, samples: list[Sample]) -> None:
+        """Raise :class:`CostModelError` for an empty refit."""
+        if not samples:
+            raise CostModelError(f"refit of the {self.kind} cost model needs at least one measured plan; "
+                                 "measure some plans (hwsearch search measures each round's winners) and refit")
+
+    def price_batch(self, arrays: PlanArrays) -> BatchLatency | None:
+        """Latency of many plans at once (:class:`PlanArrays` in, :class:`BatchLatency` out), equal
+        to :meth:`predict`'s per plan up to floating-point rounding; ``None`` (this default): the
+        model has no vectorised path and the caller prices plan by plan. Whether it returns
+        ``None`` depends on the model only, never on ``arrays`` (a caller may ask with an empty
+        batch). Parameters are read at each call, so a refit is seen."""
+        return None
 
     def relative_std(self) -> float:
         return float(self.provenance.get("relative_std", 0.3))
@@ -137,13 +243,9 @@ class CostModel(ABC):
     def predict(self, graph: Any, plan: Any, *, dtype: str | None = None, channel_multiple: int = 8,
                 min_density: float = 0.0, allow_gaps: bool = False, resolved: pd.DataFrame | None = None) -> Cost:
         """Price ``plan`` on ``graph`` (a :class:`hwsearch.graph.ModelGraph`); ``dtype`` defaults
-        to the model's deployment dtype (``self.dtype``)."""
-        from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
-
-        from hwsearch.core.resolve import resolve
-
+        to the model's deployment dtype (``self.dtype``). Raises :class:`CoverageError` naming the
+        layers (and ops without a layer row) it has no figure for, unless ``allow_gaps``."""
         dtype = dtype or getattr(self, "dtype", "fp32")
-
         res = resolved if resolved is not None else resolve(graph.table, graph.groups, plan,
                                                              channel_multiple=channel_multiple,
                                                              min_density=min_density)
@@ -182,35 +284,54 @@ class CostModel(ABC):
         tmp.replace(path)
         return path
 
+    def restore(self, data: dict[str, Any]) -> None:
+        """Take the parameters and provenance of a file's content (:func:`read_model_file`)."""
+        self.set_params(data.get("params", {}))
+        self.provenance = data.get("provenance", {})
+
     @classmethod
     def load(cls, path: str | Path, target: Any) -> CostModel:
-        """Read a file written by :meth:`save` for ``target``; :class:`SpecError` says what is wrong."""
-        from costmodels import registry
-
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"cost-model file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"cost-model file {path} is not valid JSON ({exc}); delete it to start "
-                            "from the analytical model, or restore it") from None
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise SpecError(f"cost-model file {path} has schema_version {data.get('schema_version')!r}; "
-                            f"this hwsearch reads {SCHEMA_VERSION}: refit it with this version")
-        tid = getattr(target, "identity", str(target))
-        fitted = str(data.get("target", ""))
-        if fitted.split("+")[0] == tid.split("+")[0] and fitted != tid:
-            got, want = data.get("runtime") or "its backend", getattr(target, "runtime", None) or "its backend"
-            raise SpecError(f"cost-model file {path} was fitted on runtime {got!r} ({fitted}), not {want!r}: "
-                            f"latencies of one runtime do not price another — search with --runtime {got}, or "
-                            "drop --costmodel to start from the analytical model")
-        if fitted != tid:
-            raise SpecError(f"cost-model file {path} was fitted for {data.get('target')!r}, not {tid!r}")
-        model = registry.make(data.get("kind", "?"), target)
-        model.set_params(data.get("params", {}))
-        model.provenance = data.get("provenance", {})
+        """Read a file written by :meth:`save` for ``target`` into a model of this class
+        (``RooflineModel.load``); :class:`CostModelFileError` says what is wrong, including a file
+        of another kind. ``costmodels.load(path, target)`` reads a file of any registered kind."""
+        data = read_model_file(path, target)
+        kind = data.get("kind", "?")
+        if cls is CostModel:
+            raise CostModelFileError(f"cost-model file {path}: CostModel is the contract, not a model; read a "
+                                     f"{kind!r} model with costmodels.load(path, target)")
+        if kind != cls.kind:
+            raise CostModelFileError(f"cost-model file {path} holds a {kind!r} model, not {cls.kind!r}; "
+                                     "read it with costmodels.load(path, target)")
+        model = cls(target)
+        model.restore(data)
         return model
+
+
+def read_model_file(path: str | Path, target: Any) -> dict[str, Any]:
+    """The content of a cost-model file written by :meth:`CostModel.save`, checked: it exists,
+    is JSON, has this ``schema_version`` and was fitted for ``target`` (same name, version and
+    runtime). Raises :class:`CostModelFileError` saying what is wrong and how to fix it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CostModelFileError(f"cost-model file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise CostModelFileError(f"cost-model file {path} is not valid JSON ({exc}); delete it to start "
+                                 "from the analytical model, or restore it") from None
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise CostModelFileError(f"cost-model file {path} has schema_version {data.get('schema_version')!r}; "
+                                 f"this hwsearch reads {SCHEMA_VERSION}: refit it with this version")
+    tid = getattr(target, "identity", str(target))
+    fitted = str(data.get("target", ""))
+    if fitted.split("+")[0] == tid.split("+")[0] and fitted != tid:
+        got, want = data.get("runtime") or "its backend", getattr(target, "runtime", None) or "its backend"
+        raise CostModelFileError(f"cost-model file {path} was fitted on runtime {got!r} ({fitted}), not {want!r}: "
+                                 f"latencies of one runtime do not price another — search with --runtime {got}, "
+                                 "or drop --costmodel to start from the analytical model")
+    if fitted != tid:
+        raise CostModelFileError(f"cost-model file {path} was fitted for {data.get('target')!r}, not {tid!r}")
+    return data
 
 
 def _json_default(obj: Any) -> Any:

@@ -4,24 +4,25 @@
 (``PATTERN_CODES``: index into :func:`hwsearch.core.patterns.names`) and ratios — with numpy,
 and gives the same numbers as ``cost_model.predict(graph, plan)`` for each plan (latency to
 floating-point rounding, flash and peak SRAM bytes exactly; ``tests/test_batch_pricing.py``
-checks it on random plans). It re-implements, array-wise, the three stages ``predict`` runs
-per plan:
+checks it on random plans). It runs, array-wise, the three stages ``predict`` runs per plan:
 
 1. :func:`hwsearch.core.resolve.resolve` — kept channels per channel group (rounded to
    ``channel_multiple``, the ``min_density`` floor, balanced over the conv groups of grouped
    convolutions), kept input columns of every consumer (coupled depthwise convs, flatten →
-   linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes;
-2. :class:`costmodels.analytical.RooflineModel` latency (``scale[kind] · roofline + overhead[kind]``
-   per layer, plus ``overhead_model``), read from the model at every call so a refit is seen;
-3. :mod:`costmodels.memory` — exact weight storage per format (CSR vs bitmask, N:M metadata,
-   BSR) and the peak of live activations.
+   linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes —
+   re-implemented here for the built-in patterns, and handed on as :class:`PlanArrays`;
+2. latency: the cost model's own vectorised path, :meth:`CostModel.price_batch` (read at every
+   call, so a refit is seen);
+3. :mod:`costmodels.memory` — exact weight storage per format, from each pattern's
+   :meth:`hwsearch.core.patterns.Pattern.storage_bytes_array`, and the peak of live activations.
 
 Plans that ``resolve`` would refuse (a channel ratio on a coupled or output layer, an N:M or
 block shape that does not tile, a grouped conv left unbalanced, a ratio outside [0, 1)) are
 not errors here: their ``valid`` entry is False and their prices are NaN / -1.
 
-A cost model that is not a :class:`RooflineModel` (or a subclass overriding its pricing) is
-priced by a loop over ``predict`` with a logged warning: same results, no speed-up.
+A cost model without a vectorised path (``price_batch`` returns ``None``), or a pattern registry
+other than the built-in one, is priced by a loop over ``predict`` with a logged warning: same
+results, no speed-up.
 """
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from costmodels.analytical import RooflineModel, kernel_correction, static_signature
-from costmodels.base import CostModel, CoverageError
-from costmodels.memory import DTYPE_BYTES
+from costmodels.base import BatchLatency, CostModel, CostModelError, CoverageError, PlanArrays
+from costmodels.kernels import static_signature
+from costmodels.memory import DTYPE_BYTES, QPARAM_BYTES_PER_CHANNEL, bias_bytes_per_channel, check_dtype
 from hwsearch.core import patterns as _patterns
 from hwsearch.core.errors import PlanError
 from hwsearch.core.plan import LayerChoice, Plan
-from hwsearch.core.resolve import channel_segments, input_slices
+from hwsearch.core.resolve import channel_segments, input_slices, resolve
 
 __all__ = ["BatchPricer", "PATTERN_CODES", "plans_to_arrays", "arrays_to_plans"]
 
@@ -49,10 +50,9 @@ log = logging.getLogger(__name__)
 PATTERN_NAMES = tuple(_patterns.names())
 PATTERN_CODES: dict[str, int] = {name: i for i, name in enumerate(PATTERN_NAMES)}
 _DENSE, _UNSTR, _CHAN, _NM, _BLOCK = (PATTERN_CODES[n] for n in ("dense", "unstructured", "channel", "nm", "block"))
+# What the array-wise resolve below re-implements: these patterns, and no other registered.
 _BUILTIN_PATTERNS = {"dense": _patterns.Dense, "unstructured": _patterns.Unstructured, "channel": _patterns.Channel,
                      "nm": _patterns.NM, "block": _patterns.Block}
-_QPARAM_BYTES_PER_CHANNEL = 8  # costmodels.memory: int32 multiplier + shift per output channel
-_INT8_BIAS_BYTES = 4
 
 
 def plans_to_arrays(plans: Iterable[Plan], layers: Sequence[str], *, nm: tuple[int, int] = (2, 4),
@@ -100,16 +100,6 @@ def arrays_to_plans(codes: np.ndarray, ratios: np.ndarray, layers: Sequence[str]
     return out
 
 
-def _idx_bytes(max_value: np.ndarray) -> np.ndarray:
-    """:func:`hwsearch.core.patterns._idx_bytes`, element-wise."""
-    return np.where(max_value <= 256, 1, np.where(max_value <= 65536, 2, 4))
-
-
-def _ptr_bytes(max_value: np.ndarray) -> np.ndarray:
-    """:func:`hwsearch.core.patterns._ptr_bytes`, element-wise."""
-    return np.where(max_value < 65536, 2, 4)
-
-
 class BatchPricer:
     """Prices ``P`` plans at once on one model, target and cost model (see the module docstring).
 
@@ -119,12 +109,13 @@ class BatchPricer:
     kind the cost model has no figure for raises :class:`CoverageError` at :meth:`price`.
 
     Static per-layer figures are taken from ``graph`` at construction; the cost model's
-    parameters (``scale``, ``overhead``, ``overhead_model``) at every :meth:`price` call, so a
-    pricer stays right after ``cost_model.refit``. Not thread-safe to construct; :meth:`price`
-    only reads the pricer and may run in several threads. ``chunk``: plans priced per
-    vectorised block (larger inputs are split; it only affects speed).
+    parameters at every :meth:`price` call (through :meth:`CostModel.price_batch`), so a pricer
+    stays right after ``cost_model.refit``. Not thread-safe to construct; :meth:`price` only
+    reads the pricer and may run in several threads. ``chunk``: plans priced per vectorised
+    block (larger inputs are split; it only affects speed).
 
-    Raises :class:`ValueError` when ``target`` is not the cost model's target.
+    Raises :class:`CostModelError` when ``target`` is not the cost model's target or ``dtype``
+    is unknown, :class:`PlanError` for an invalid ``nm`` or ``block``.
     """
 
     chunk = 256
@@ -135,50 +126,32 @@ class BatchPricer:
         tid = getattr(target, "identity", str(target))
         cid = getattr(cost_model.target, "identity", str(cost_model.target))
         if tid != cid:
-            raise ValueError(f"cost model was built for target {cid!r}, the pricer was given {tid!r}; "
-                             "pass the cost model's own target")
-        if dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
-        LayerChoice("nm", n=nm[0], m=nm[1])          # validates n:m (raises PlanError)
-        LayerChoice("block", 0.5, block=block)       # validates the block size
+            raise CostModelError(f"cost model was built for target {cid!r}, the pricer was given {tid!r}; "
+                                 "pass the cost model's own target")
+        check_dtype(dtype)
+        # The choices whose storage the weight patterns price (storage does not depend on the ratio);
+        # building them validates n:m and the block size (PlanError).
+        self._storage_choice = {_UNSTR: LayerChoice("unstructured", 0.5), _NM: LayerChoice("nm", n=nm[0], m=nm[1]),
+                                _BLOCK: LayerChoice("block", 0.5, block=block)}
         self.graph, self.target, self.cost_model = graph, target, cost_model
         self.channel_multiple, self.min_density, self.dtype = int(channel_multiple), float(min_density), dtype
         self.nm, self.block, self.allow_gaps = (int(nm[0]), int(nm[1])), (int(block[0]), int(block[1])), allow_gaps
+        self._precompute()
         self.vectorised = self._can_vectorise(cost_model)
         if not self.vectorised:
-            log.warning("BatchPricer: cost model %s (%s) is not the roofline model (or overrides its pricing); "
-                        "pricing plan by plan through predict() — correct but not vectorised",
-                        cost_model.identity, type(cost_model).__name__)
-        self._precompute()
-
-    def _corrections(self, table: dict[str, float], kept_in: np.ndarray, kept_out: np.ndarray,
-                     density: np.ndarray) -> np.ndarray:
-        """Per plan and layer, the refit's correction of that kernel (:func:`kernel_correction`:
-        its own, else the same layer's at the nearest measured width, 1 where the layer was never
-        measured); ``density`` < 0 where the layer runs its dense kernel. One lookup per distinct
-        kernel."""
-        out = np.ones(kept_in.shape, dtype=float)
-        prefixes = {k.rsplit("|", 2)[0] for k in table}
-        for j, static in enumerate(self._static_sig):
-            if static not in prefixes:
-                continue
-            keys = np.stack([kept_in[:, j], kept_out[:, j], density[:, j]], axis=1)
-            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            f = np.array([kernel_correction(table, static, int(ki), int(ko), None if d < 0 else float(d))
-                          for ki, ko, d in uniq])
-            out[:, j] = f[inv.reshape(-1)]
-        return out
+            log.warning("BatchPricer: cost model %s (%s) has no vectorised path (price_batch gives None) or "
+                        "patterns other than the built-in ones are registered; pricing plan by plan through "
+                        "predict() — correct but not vectorised", cost_model.identity, type(cost_model).__name__)
 
     # ---- set-up ------------------------------------------------------------------------------
-    @staticmethod
-    def _can_vectorise(cm: CostModel) -> bool:
-        if not isinstance(cm, RooflineModel):
+    def _can_vectorise(self, cm: CostModel) -> bool:
+        builtin = (tuple(_patterns.names()) == PATTERN_NAMES and set(PATTERN_NAMES) == set(_BUILTIN_PATTERNS)
+                   and all(type(_patterns.get(n)) is c for n, c in _BUILTIN_PATTERNS.items()))
+        if not builtin:
             return False
-        cls = type(cm)
-        same = all(getattr(cls, name) is getattr(RooflineModel, name)
-                   for name in ("predict", "features", "layer_latency", "model_overhead_s"))
-        builtin = all(type(_patterns.get(n)) is c for n, c in _BUILTIN_PATTERNS.items())
-        return same and builtin
+        i, f = np.zeros((0, len(self._layers)), dtype=np.int64), np.zeros((0, len(self._layers)))
+        probe = self._plan_arrays(i, i, i, i, i, i, i, i, f, i.astype(bool), f, f)  # an empty batch
+        return cm.price_batch(probe) is not None
 
     @property
     def layers(self) -> list[str]:
@@ -192,11 +165,15 @@ class BatchPricer:
         return [n for n, ok in zip(self._layers, self._chan_ok) if ok]
 
     def _precompute(self) -> None:
-        g = self.graph
-        t = g.table
+        self._precompute_layers()
+        gidx = self._precompute_groups()
+        self._precompute_inputs(gidx)
+        self._precompute_activations(gidx)
+
+    def _precompute_layers(self) -> None:
+        """Per-layer constants of the layer table."""
+        t = self.graph.table
         self._layers = list(t.index)
-        L = len(self._layers)
-        col = {n: j for j, n in enumerate(self._layers)}
         self._kind = t["kind"].astype(str).to_numpy()
         self._static_sig = [static_signature(t.loc[n]) for n in self._layers]
         self._in_c = t["in_channels"].to_numpy(dtype=np.int64)
@@ -212,7 +189,13 @@ class BatchPricer:
         self._coupled_dw = np.array([k == "depthwise" and i == o for k, i, o in
                                      zip(self._kind, self._in_c, self._out_c)], dtype=bool)
 
-        # Channel groups: which leaders may take "channel", and how their kept count is rounded.
+    def _precompute_groups(self) -> dict[int, int]:
+        """Channel groups: which leaders may take "channel", and how their kept count is rounded.
+        Returns each group id's column in the ``(P, G)`` kept matrix."""
+        g = self.graph
+        t = g.table
+        L = len(self._layers)
+        col = {n: j for j, n in enumerate(self._layers)}
         self._gids = sorted(g.groups)
         gidx = {gid: k for k, gid in enumerate(self._gids)}
         G = len(self._gids)
@@ -238,8 +221,13 @@ class BatchPricer:
             self._chan_ok[lj] = True
         # Output group of each layer as a column of the (P, G) kept matrix; -1: never pruned.
         self._out_gcol = np.array([gidx.get(int(og), -1) if og >= 0 else -1 for og in out_group], dtype=np.int64)
+        return gidx
 
-        # Input side: removed input columns = Σ over feeding slices of removed channels × expand.
+    def _precompute_inputs(self, gidx: dict[int, int]) -> None:
+        """Input side: removed input columns = Σ over feeding slices of removed channels × expand;
+        per grouped conv, how many channels of each feeding group land in each conv group."""
+        t = self.graph.table
+        G, L = len(self._gids), len(self._layers)
         self._in_expand = np.zeros((G, L), dtype=float)
         self._grouped: list[tuple[int, int, list[tuple[int, np.ndarray]]]] = []
         for j, layer in enumerate(self._layers):
@@ -260,9 +248,10 @@ class BatchPricer:
                                                 for q in range(ng)], dtype=float)))
                 self._grouped.append((j, per, counts))
 
-        # Activations: which tensors are live at each step; steps whose live set is contained in
-        # another step's (with positive extra bytes) cannot set the peak and are dropped.
-        acts = g.activations
+    def _precompute_activations(self, gidx: dict[int, int]) -> None:
+        """Which tensors are live at each step; steps whose live set is contained in another
+        step's (with positive extra bytes) cannot set the peak and are dropped."""
+        acts = self.graph.activations
         self._act_bytes = acts["bytes"].to_numpy(dtype=float) if not acts.empty else np.zeros(0)
         self._act_gcol = np.array([gidx.get(int(a), -1) if int(a) >= 0 else -1 for a in acts.get("group", [])],
                                   dtype=np.int64)
@@ -324,15 +313,15 @@ class BatchPricer:
         (bool: False where ``resolve`` would raise :class:`PlanError`; then latency is NaN and
         the byte counts -1). With ``details``, also ``P × L`` arrays ``layer_latency_s``,
         ``kept_out``, ``kept_in``, ``dense_macs``, ``nnz``, ``layer_flash_bytes``.
-        Raises :class:`ValueError` for arrays of the wrong shape and :class:`CoverageError`
+        Raises :class:`CostModelError` for arrays of the wrong shape and :class:`CoverageError`
         for layer kinds the cost model cannot price (unless ``allow_gaps``).
         """
         codes = np.asarray(patterns)
         r_in = np.asarray(ratios, dtype=np.float64)
         L = len(self._layers)
         if codes.ndim != 2 or codes.shape[1] != L or r_in.shape != codes.shape:
-            raise ValueError(f"patterns and ratios must both be P x {L} arrays (columns: BatchPricer.layers), "
-                             f"got {codes.shape} and {r_in.shape}")
+            raise CostModelError(f"patterns and ratios must both be P x {L} arrays (columns: BatchPricer.layers), "
+                                 f"got {codes.shape} and {r_in.shape}")
         if not self.vectorised:
             return self._price_loop(codes, r_in, details)
         codes = codes.astype(np.int64, copy=False)
@@ -341,17 +330,39 @@ class BatchPricer:
             parts = [self.price(codes[i:i + self.chunk], r_in[i:i + self.chunk], details=details)
                      for i in range(0, codes.shape[0], self.chunk)]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        P = codes.shape[0]
+        valid, r = self._valid_ratios(codes, r_in)
+        kept_g, kept_in, kept_out, valid = self._resolve_channels(codes, r, valid)
+        arrays, valid = self._resolve_weights(codes, r, kept_in, kept_out, valid)
+        lat = self._latency(arrays)
+        layer_flash = self._layer_flash(arrays)
+        sram = self._peak_sram(kept_g, codes.shape[0])
+        out = {"latency_s": np.where(valid, lat.latency_s, math.nan),
+               "flash_bytes": np.where(valid, layer_flash.sum(axis=1), -1).astype(np.int64),
+               "sram_bytes": np.where(valid, sram, -1).astype(np.int64),
+               "macs": np.where(valid, arrays.dense_macs.sum(axis=1), -1).astype(np.int64),
+               "valid": valid}
+        if details:
+            out.update(layer_latency_s=lat.layer_latency_s, kept_out=kept_out, kept_in=kept_in,
+                       dense_macs=arrays.dense_macs, nnz=arrays.nnz, layer_flash_bytes=layer_flash)
+        return out
+
+    def _valid_ratios(self, codes: np.ndarray, r_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Plans with known codes, ratios in [0, 1) where a pattern uses one, and channel choices
+        only where allowed; the ratios used (0 where ignored or out of range)."""
         valid = ((codes >= 0) & (codes < len(PATTERN_NAMES))).all(axis=1)
         uses_ratio = (codes == _UNSTR) | (codes == _CHAN) | (codes == _BLOCK)
         ok_ratio = (r_in >= 0.0) & (r_in < 1.0)  # NaN compares False: invalid
         valid &= ~(uses_ratio & ~ok_ratio).any(axis=1)
         r = np.where(uses_ratio & ok_ratio, r_in, 0.0)
-        chan = codes == _CHAN
-        valid &= ~(chan & ~self._chan_ok[None, :]).any(axis=1)
+        valid &= ~((codes == _CHAN) & ~self._chan_ok[None, :]).any(axis=1)
+        return valid, r
 
-        # ---- resolve: channels -------------------------------------------------------------
-        G = len(self._gids)
+    def _resolve_channels(self, codes: np.ndarray, r: np.ndarray,
+                          valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``resolve``'s channel stage: kept channels per group ``(P, G)``, kept input and output
+        channels per layer ``(P, L)``, and validity (grouped convs left unbalanced are invalid)."""
+        P, L, G = codes.shape[0], len(self._layers), len(self._gids)
+        chan = codes == _CHAN
         kept_g = np.broadcast_to(self._g_channels, (P, G)).copy()
         for k in range(G):
             lj = int(self._g_leader[k])
@@ -367,22 +378,28 @@ class BatchPricer:
         kept_out[:, has_g] = kept_g[:, self._out_gcol[has_g]]
         kept_in = self._in_c[None, :] - np.rint(rem_g @ self._in_expand).astype(np.int64)
         kept_in = np.where(self._coupled_dw[None, :], kept_out, kept_in)
+        valid = valid.copy()
         for j, per, counts in self._grouped:
             per_group = np.full((P, counts[0][1].size), float(per))
             for k, n_in in counts:
                 per_group -= np.rint(n_in[None, :] * frac_removed[:, k:k + 1])
             valid &= (per_group == per_group[:, :1]).all(axis=1)
+        return kept_g, kept_in, kept_out, valid
+
+    def _resolve_weights(self, codes: np.ndarray, r: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray,
+                         valid: np.ndarray) -> tuple[PlanArrays, np.ndarray]:
+        """``resolve``'s weight stage: dense weights and MACs of the kept shape, weight density and
+        nonzeros of the weight patterns, kept activation bytes; validity of N:M and block shapes."""
+        P, L = codes.shape
         per_group_in = np.where(self._coupled_dw[None, :], 1, kept_in // self._ngroups[None, :])
         rows = kept_out
         cols = per_group_in * self._ke[None, :]
         dense_weights = rows * cols
         dense_macs = self._spatial[None, :] * dense_weights
-
-        # ---- resolve: weight patterns ------------------------------------------------------
         n, m = self.nm
         bh, bw = self.block
         is_u, is_nm, is_b = codes == _UNSTR, codes == _NM, codes == _BLOCK
-        valid &= ~(is_nm & (cols % m != 0)).any(axis=1)
+        valid = valid & ~(is_nm & (cols % m != 0)).any(axis=1)
         valid &= ~(is_b & ((rows % bh != 0) | (cols % bw != 0))).any(axis=1)
         valid &= ~((is_u | is_b) & (dense_weights == 0)).any(axis=1)
         # Each weight pattern is computed on its own entries only (most entries are dense/channel).
@@ -400,73 +417,50 @@ class BatchPricer:
         density[is_nm] = n / m
         weight_level = is_u | is_nm | is_b
         nnz[weight_level] = np.rint(dense_weights[weight_level] * density[weight_level]).astype(np.int64)
-        of = kept_out / self._out_c[None, :]
-        inf = kept_in / self._in_c[None, :]
-        act_out_kept = np.rint(self._act_out[None, :] * of)
-        act_in_kept = np.rint(self._act_in[None, :] * inf)
+        act_out_kept = np.rint(self._act_out[None, :] * (kept_out / self._out_c[None, :]))
+        act_in_kept = np.rint(self._act_in[None, :] * (kept_in / self._in_c[None, :]))
+        arrays = self._plan_arrays(codes, kept_in, kept_out, rows, cols, dense_weights, dense_macs, nnz, density,
+                                   weight_level, act_in_kept, act_out_kept)
+        return arrays, valid
 
-        # ---- latency: RooflineModel.features / layer_latency -------------------------------
-        cm: RooflineModel = self.cost_model  # type: ignore[assignment]
-        b = DTYPE_BYTES[cm.dtype]
-        accel_code = np.array([bool(cm.target.accelerates(p)) for p in PATTERN_NAMES])
-        macs_eff = dense_macs.astype(float)
-        wbytes = dense_weights.astype(float) * b
-        # Only accelerated weight-level patterns price their zeros away (density < 1 there).
-        sped = weight_level & accel_code[np.clip(codes, 0, len(PATTERN_NAMES) - 1)]
-        if sped.any():
-            macs_eff[sped] = macs_eff[sped] * density[sped]
-            wbytes[sped] = nnz[sped].astype(float) * b
-        act = (act_in_kept + act_out_kept) * b / self._ex_bytes[None, :]
-        nbytes = wbytes + act
-        bw_ = np.where((nbytes <= cm.cache_bytes) & (cm.cache_bw is not None), cm.cache_bw or cm.dram_bw, cm.dram_bw)
-        roof = np.maximum(macs_eff / cm.peak_macs_s, nbytes / bw_)
-        gaps = [layer for layer, kind in zip(self._layers, self._kind) if kind not in cm.scale]
+    def _plan_arrays(self, codes: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray, rows2d: np.ndarray,
+                     cols2d: np.ndarray, dense_weights: np.ndarray, dense_macs: np.ndarray, nnz: np.ndarray,
+                     density: np.ndarray, weight_level: np.ndarray, act_in_kept: np.ndarray,
+                     act_out_kept: np.ndarray) -> PlanArrays:
+        return PlanArrays(layers=tuple(self._layers), kind=self._kind, static=tuple(self._static_sig),
+                          example_bytes=self._ex_bytes, patterns=PATTERN_NAMES, codes=codes, kept_in=kept_in,
+                          kept_out=kept_out, rows2d=rows2d, cols2d=cols2d, dense_weights=dense_weights,
+                          dense_macs=dense_macs, nnz=nnz, density=density, weight_level=weight_level,
+                          act_in_bytes_kept=act_in_kept, act_out_bytes_kept=act_out_kept)
+
+    def _latency(self, arrays: PlanArrays) -> BatchLatency:
+        """The cost model's :meth:`CostModel.price_batch`; :class:`CoverageError` for layers it has
+        no figure for unless ``allow_gaps``."""
+        lat = self.cost_model.price_batch(arrays)
+        if lat is None:  # the contract: None depends on the model only, and the probe said it has a path
+            raise CostModelError(f"cost model {self.cost_model.identity} stopped pricing batches after this "
+                                 "pricer was built; build a new BatchPricer")
+        gaps = list(lat.coverage_gaps)
         if gaps and not self.allow_gaps:
-            raise CoverageError(f"cost model {cm.kind} has no latency figure for layers {gaps} "
-                                f"(kinds {sorted({str(k) for k in self._kind if k not in cm.scale})}); refit it "
-                                "with measurements of those layers or use allow_gaps=True to report them")
-        scale = np.array([cm.scale.get(k, math.nan) for k in self._kind])
-        overhead = np.array([cm.overhead.get(k, math.nan) for k in self._kind])
-        lat = scale[None, :] * roof + overhead[None, :]
-        if cm.corrections:  # RooflineModel.layer_latency: measured kernels' corrections
-            lat = lat * self._corrections(cm.corrections, kept_in, kept_out, np.where(sped, density, -1.0))
-        latency = np.nansum(lat, axis=1) + cm.model_overhead_s()
-        if cm.glue_per_byte:
-            latency = latency + cm.glue_per_byte * act_out_kept.sum(axis=1)
+            kinds = sorted({str(k) for layer, k in zip(self._layers, self._kind) if layer in set(gaps)})
+            raise CoverageError(f"cost model {self.cost_model.kind} has no latency figure for layers {gaps} "
+                                f"(kinds {kinds}); refit it with measurements of those layers or use "
+                                "allow_gaps=True to report them")
+        return lat
 
-        # ---- storage: costmodels.memory.layer_storage --------------------------------------
+    def _layer_flash(self, a: PlanArrays) -> np.ndarray:
+        """``P × L`` weight storage (:func:`costmodels.memory.layer_storage`): each pattern's
+        :meth:`~hwsearch.core.patterns.Pattern.storage_bytes_array`, biases, int8 parameters."""
         db = DTYPE_BYTES[self.dtype]
-        weights_b = dense_weights * db                                   # dense, channel
-        if iu[0].size:
-            rw, cl, nz = rows[iu], cols[iu], nnz[iu]
-            csr = nz * _idx_bytes(cl) + (rw + 1) * _ptr_bytes(nz)
-            bitmask = (rw * cl + 7) // 8
-            weights_b[iu] = nz * db + np.minimum(csr, bitmask)               # csr if csr < bitmask
-        if is_nm.any():
-            kept_nm = dense_weights[is_nm] * n // m
-            bits = max(1, math.ceil(math.log2(m)))
-            weights_b[is_nm] = kept_nm * db + (kept_nm * bits + 7) // 8
-        if ib[0].size:
-            nz = nnz[ib]
-            kb = nz // (bh * bw)
-            weights_b[ib] = nz * db + kb * _idx_bytes(cols[ib] // bw) + (rows[ib] // bh + 1) * _ptr_bytes(kb)
-        bias_b = kept_out * (self._has_bias * (_INT8_BIAS_BYTES if self.dtype == "int8" else db))[None, :]
-        qp_b = kept_out * _QPARAM_BYTES_PER_CHANNEL if self.dtype == "int8" else 0
-        layer_flash = weights_b + bias_b + qp_b
-        flash = layer_flash.sum(axis=1)
-
-        # ---- peak SRAM: costmodels.memory.peak_sram_bytes ----------------------------------
-        sram = self._peak_sram(kept_g, P)
-
-        out = {"latency_s": np.where(valid, latency, math.nan),
-               "flash_bytes": np.where(valid, flash, -1).astype(np.int64),
-               "sram_bytes": np.where(valid, sram, -1).astype(np.int64),
-               "macs": np.where(valid, dense_macs.sum(axis=1), -1).astype(np.int64),
-               "valid": valid}
-        if details:
-            out.update(layer_latency_s=lat, kept_out=kept_out, kept_in=kept_in, dense_macs=dense_macs, nnz=nnz,
-                       layer_flash_bytes=layer_flash)
-        return out
+        weights_b = a.dense_weights * db                                 # dense, channel, unknown codes
+        for code, choice in self._storage_choice.items():
+            sel = np.nonzero(a.codes == code)
+            if sel[0].size:
+                weights_b[sel] = _patterns.get(PATTERN_NAMES[code]).storage_bytes_array(
+                    a.rows2d[sel], a.cols2d[sel], a.nnz[sel], choice, db)
+        bias_b = a.kept_out * (self._has_bias * bias_bytes_per_channel(self.dtype))[None, :]
+        qp_b = a.kept_out * QPARAM_BYTES_PER_CHANNEL if self.dtype == "int8" else 0
+        return weights_b + bias_b + qp_b
 
     def _peak_sram(self, kept_g: np.ndarray, P: int) -> np.ndarray:
         if not self._live_sets:
@@ -493,8 +487,6 @@ class BatchPricer:
             for key in ("kept_out", "kept_in", "dense_macs", "nnz", "layer_flash_bytes"):
                 out[key] = np.full((P, L), -1, dtype=np.int64)
             out["layer_latency_s"] = np.full((P, L), math.nan)
-        from hwsearch.core.resolve import resolve
-
         for i in range(P):
             try:
                 plan = self.arrays_to_plans(codes[i:i + 1], ratios[i:i + 1])[0]

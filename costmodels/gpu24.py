@@ -43,9 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from costmodels.analytical import RooflineModel, Sample
-from costmodels.base import CostModel, FitReport, fidelity
-from hwsearch.core.errors import SpecError
+from costmodels.analytical import RooflineModel
+from costmodels.base import CostModel, CostModelError, CostModelFileError, FitReport, Sample, fidelity
 
 __all__ = ["Gpu24Model", "Gpu24FitReport", "ShapeRule", "SHAPE_RULES", "load_table", "TABLE_SCHEMA_VERSION",
            "DATA_DIR", "PUBLIC_TABLE", "MIN_FIT_ROWS", "device_matches"]
@@ -131,7 +130,7 @@ def load_table(path: str | Path | pd.DataFrame) -> pd.DataFrame:
     ``dense_ms`` and ``sparse_ms`` (milliseconds); optional: ``backend`` (default
     ``"cusparselt"``), ``fit`` (1/0, default 1), ``error`` (non-empty = failed row, kept as a
     record, never fitted), ``schema_version`` (must be 1 when present). ``speedup`` is filled from
-    ``dense_ms / sparse_ms`` where missing. Raises :class:`SpecError` naming the file, the CSV line
+    ``dense_ms / sparse_ms`` where missing. Raises :class:`CostModelFileError` naming the file, the CSV line
     and the fix."""
     name = "<DataFrame>" if isinstance(path, pd.DataFrame) else str(path)
     if isinstance(path, pd.DataFrame):
@@ -140,40 +139,40 @@ def load_table(path: str | Path | pd.DataFrame) -> pd.DataFrame:
         try:
             df = pd.read_csv(path, dtype={"error": str, "source": str, "note": str})
         except FileNotFoundError:
-            raise SpecError(f"gpu24 table {name} does not exist; run studies/gpu_24/measure.py on the GPU "
+            raise CostModelFileError(f"gpu24 table {name} does not exist; run studies/gpu_24/measure.py on the GPU "
                             "or pass costmodels/data/gpu24_public.csv") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpecError(f"gpu24 table {name} is not a readable CSV ({first}); restore it from git "
+            raise CostModelFileError(f"gpu24 table {name} is not a readable CSV ({first}); restore it from git "
                             "or re-run studies/gpu_24/measure.py") from None
     missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise SpecError(f"gpu24 table {name} lacks columns {missing}; required: {', '.join(_REQUIRED_COLUMNS)} "
+        raise CostModelFileError(f"gpu24 table {name} lacks columns {missing}; required: {', '.join(_REQUIRED_COLUMNS)} "
                         "and speedup or dense_ms+sparse_ms")
     if "schema_version" in df.columns:
         bad = df.index[pd.to_numeric(df["schema_version"], errors="coerce") != TABLE_SCHEMA_VERSION]
         if len(bad):
-            raise SpecError(f"gpu24 table {name} line {int(bad[0]) + 2}: schema_version "
+            raise CostModelFileError(f"gpu24 table {name} line {int(bad[0]) + 2}: schema_version "
                             f"{df.at[bad[0], 'schema_version']!r} is not {TABLE_SCHEMA_VERSION}; "
                             "re-measure with this hwsearch's studies/gpu_24/measure.py")
     if "speedup" not in df.columns and not {"dense_ms", "sparse_ms"} <= set(df.columns):
-        raise SpecError(f"gpu24 table {name} has neither a speedup column nor dense_ms and sparse_ms")
+        raise CostModelFileError(f"gpu24 table {name} has neither a speedup column nor dense_ms and sparse_ms")
     for col in ("M", "N", "K"):
         vals = pd.to_numeric(df[col], errors="coerce")
         bad = df.index[~(vals > 0) | (vals != np.round(vals))]
         if len(bad):
-            raise SpecError(f"gpu24 table {name} line {int(bad[0]) + 2}: {col} = {df.at[bad[0], col]!r} is not a "
+            raise CostModelFileError(f"gpu24 table {name} line {int(bad[0]) + 2}: {col} = {df.at[bad[0], col]!r} is not a "
                             "positive integer")
         df[col] = vals.astype(np.int64)
     src = df["source"].fillna("").astype(str).str.strip()
     if (src == "").any():
         line = int(df.index[src == ""][0]) + 2
-        raise SpecError(f"gpu24 table {name} line {line} has no source; every row cites where its numbers come "
+        raise CostModelFileError(f"gpu24 table {name} line {line} has no source; every row cites where its numbers come "
                         "from (a URL, a paper, or 'measured: studies/gpu_24/measure.py')")
     df["dtype"] = df["dtype"].astype(str).str.strip().str.lower()
     unknown = sorted(set(df["dtype"]) - set(_DTYPES))
     if unknown:
-        raise SpecError(f"gpu24 table {name}: unknown dtypes {unknown}; valid: {', '.join(_DTYPES)}")
+        raise CostModelFileError(f"gpu24 table {name}: unknown dtypes {unknown}; valid: {', '.join(_DTYPES)}")
     if "backend" not in df.columns:
         df["backend"] = "cusparselt"
     df["backend"] = df["backend"].fillna("cusparselt").astype(str)
@@ -227,7 +226,7 @@ def _make_estimator(kind: str, seed: int) -> Any:
     if kind == "gbr":
         return GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8,
                                          random_state=seed)
-    raise SpecError(f"unknown gpu24 estimator {kind!r}; valid: auto, ridge, gbr")
+    raise CostModelError(f"unknown gpu24 estimator {kind!r}; valid: auto, ridge, gbr")
 
 
 class Gpu24Model(CostModel):
@@ -251,7 +250,7 @@ class Gpu24Model(CostModel):
         self.dtype = dtype or target.measure.get("dtype") or next(
             (d for d in target.dtypes if d in ("fp16", "bf16", "int8")), "fp16")
         if self.dtype not in _DTYPES:
-            raise SpecError(f"gpu24 dtype {self.dtype!r} unknown; valid: {', '.join(_DTYPES)}")
+            raise CostModelError(f"gpu24 dtype {self.dtype!r} unknown; valid: {', '.join(_DTYPES)}")
         self.backend = str(backend or nm.get("sparse_backend", "cusparselt"))
         self.n, self.m = int(nm.get("n", 2)), int(nm.get("m", 4))
         self.layer_kinds = tuple(nm.get("layer_kinds", ("linear",)))
@@ -392,13 +391,13 @@ class Gpu24Model(CostModel):
         """Fit ``log s`` on a timing table (see :func:`load_table`): rows of the spec's device
         (``[measure] device_match``; all rows when ``any_device``), with ``fit == 1``, no error and
         a finite speed-up. Reports held-out sign accuracy and MAPE, then fits on all usable rows.
-        Raises :class:`SpecError` when fewer than ``MIN_FIT_ROWS`` rows are usable."""
+        Raises :class:`CostModelFileError` when fewer than ``MIN_FIT_ROWS`` rows are usable."""
         df = load_table(table)
         name = "<DataFrame>" if isinstance(table, pd.DataFrame) else str(table)
         match = None if any_device else self.device_match
         rows = _usable(_device_rows(df, match)).reset_index(drop=True)
         if len(rows) < MIN_FIT_ROWS:
-            raise SpecError(f"gpu24 table {name} has {len(rows)} usable rows for device {match!r} (need "
+            raise CostModelFileError(f"gpu24 table {name} has {len(rows)} usable rows for device {match!r} (need "
                             f"{MIN_FIT_ROWS}): measure more shapes with studies/gpu_24/measure.py")
         kind = estimator or self.estimator_kind
         if kind == "auto":
@@ -558,7 +557,7 @@ class Gpu24Model(CostModel):
             self._rows = df[["M", "N", "K", "dtype", "backend", "speedup"]].copy()
             self.report = Gpu24FitReport(**sp["report"]) if sp.get("report") else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SpecError(f"gpu24 cost-model parameters are malformed ({exc}); refit the model") from None
+            raise CostModelFileError(f"gpu24 cost-model parameters are malformed ({exc}); refit the model") from None
         stored = np.asarray(sp.get("check", []), dtype=float)
         if len(stored):
             now = self._predict_rows(self._rows.head(len(stored)))
@@ -572,14 +571,13 @@ class Gpu24Model(CostModel):
         lat, _ = self.layer_latency(resolved)
         return float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(resolved)
 
-    def refit(self, samples: list[Sample], graphs: Any = None) -> FitReport:
+    def refit(self, samples: list[Sample]) -> FitReport:
         """Refit the dense roofline (per-kind scale/overhead, see :meth:`RooflineModel.refit`) on
         the measured plans' dense layers: per-layer times of N:M layers are left out (their 2:4
         speed-up is fitted from kernel tables by :meth:`fit`), and whole-plan times are used only
         for plans without N:M layers. The report's errors are those of this whole model on all
-        samples. Raises ``ValueError`` when no sample is usable."""
-        if not samples:
-            raise ValueError("refit needs at least one measured plan")
+        samples. Raises :class:`CostModelError` when the list is empty or no sample is usable."""
+        self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
         before = np.array([self.total_latency(s.resolved) for s in samples])
         dense_samples = []
@@ -592,34 +590,22 @@ class Gpu24Model(CostModel):
             elif not nm_layers:
                 dense_samples.append(s)
         if not dense_samples:
-            raise ValueError("no sample is usable for the dense refit: give per-layer times (layer_s) or plans "
-                             "without N:M layers; 2:4 speed-ups are fitted with Gpu24Model.fit(table)")
+            raise CostModelError("no sample is usable for the dense refit: give per-layer times (layer_s) or plans "
+                                 "without N:M layers; 2:4 speed-ups are fitted with Gpu24Model.fit(table)")
         inner = self.roofline.refit(dense_samples, totals_of=[s for s in dense_samples
                                                               if not (s.resolved["pattern"] == "nm").any()])
         after = np.array([self.total_latency(s.resolved) for s in samples])
-        fb, fa = fidelity(before, meas), fidelity(after, meas)
         rel = (after - meas) / meas
         self.roofline.provenance["relative_std"] = float(max(0.02, np.sqrt(np.mean(rel ** 2))))
         self.provenance["relative_std"] = self.roofline.provenance["relative_std"]
         self.provenance["fitted_on"] = len(samples)
+        report = FitReport.of(before, after, meas, layer_rows=inner.layer_rows, params=self.params())
         self.provenance.setdefault("history", []).append({
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "what": "dense roofline refit",
-            "plans": len(samples), "dense_plans": len(dense_samples), "mape_before": fb["mape"],
-            "mape_after": fa["mape"]})
-        return FitReport(n=len(samples), mape_before=fb["mape"], mape_after=fa["mape"],
-                         within10_before=fb["within10"], within10_after=fa["within10"],
-                         within5_after=fa["within5"], kendall_tau_after=fa["kendall_tau"],
-                         layer_rows=inner.layer_rows, params=self.params())
+            "plans": len(samples), "dense_plans": len(dense_samples), "mape_before": report.mape_before,
+            "mape_after": report.mape_after})
+        return report
 
 
 def _all_contain(df: pd.DataFrame, col: str, word: str) -> bool:
     return bool(len(df)) and bool(df[col].astype(str).str.contains(word, case=False, regex=False).all())
-
-
-def _register() -> None:
-    from costmodels import registry
-
-    registry.register("gpu24", Gpu24Model)
-
-
-_register()  # costmodels.registry._load_builtin imports this module to make "gpu24" available

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from costmodels.base import CostModel, FitReport, fidelity
-from hwsearch.core.errors import SpecError
+from costmodels.base import CostModel, CostModelFileError, FitReport, Sample
 
 __all__ = ["LUTModel"]
 
@@ -38,7 +37,7 @@ class LUTModel(CostModel):
 
     @classmethod
     def from_profile(cls, target: Any, df: pd.DataFrame) -> LUTModel:
-        """Fit from :func:`hwsearch.profile.profile`'s DataFrame (rows with NaN latency are skipped)."""
+        """Fit from :func:`hwsearch.profiling.profile`'s DataFrame (rows with NaN latency are skipped)."""
         m = cls(target)
         ok = df.dropna(subset=["latency_s"])
         for layer, d in ok.groupby("layer", sort=False):
@@ -115,17 +114,17 @@ class LUTModel(CostModel):
                             for k, v in params.get("factors", {}).items()}
             self.overhead_s = float(params["overhead_s"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"lookup-table cost-model parameters are malformed ({exc}); profile again") from None
+            raise CostModelFileError(f"lookup-table cost-model parameters are malformed ({exc}); profile again") from None
         self._interp = {}
 
     def total_latency(self, resolved: pd.DataFrame) -> float:
         return float(np.nansum(self.layer_latency(resolved)[0])) + self.overhead_s
 
-    def refit(self, samples: list, graphs: Any = None) -> FitReport:
+    def refit(self, samples: list[Sample]) -> FitReport:
         """Add measured per-layer timings as grid points (dense/channel layers), then set the
-        overhead to the median of measured total − predicted layer sum."""
-        if not samples:
-            raise ValueError("refit needs at least one measured plan")
+        overhead to the median of measured total − predicted layer sum. Raises
+        :class:`CostModelError` for an empty list."""
+        self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
         before = np.array([self.total_latency(s.resolved) for s in samples])
         added = 0
@@ -139,13 +138,11 @@ class LUTModel(CostModel):
         sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
         self.overhead_s = float(max(0.0, np.median(meas - sums)))
         after = np.array([self.total_latency(s.resolved) for s in samples])
-        fb, fa = fidelity(before, meas), fidelity(after, meas)
+        report = FitReport.of(before, after, meas, layer_rows=added, params={"overhead_s": self.overhead_s})
         rel = (after - meas) / meas
         self.provenance["relative_std"] = float(max(0.02, np.sqrt(np.mean(rel ** 2))))
         self.provenance["fitted_on"] = len(samples)
         self.provenance.setdefault("history", []).append({
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "plans": len(samples),
-            "points_added": added, "mape_before": fb["mape"], "mape_after": fa["mape"]})
-        return FitReport(n=len(samples), mape_before=fb["mape"], mape_after=fa["mape"],
-                         within10_before=fb["within10"], within10_after=fa["within10"], within5_after=fa["within5"],
-                         kendall_tau_after=fa["kendall_tau"], layer_rows=added, params={"overhead_s": self.overhead_s})
+            "points_added": added, "mape_before": report.mape_before, "mape_after": report.mape_after})
+        return report

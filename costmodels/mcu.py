@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from costmodels.errors import CostModelError
+
 __all__ = ["McuInstructionModel", "McuModelError", "GroupFit", "layer_features", "family", "fit", "load",
            "default_model", "SCHEMA_VERSION", "DATA_DIR", "shape_from_layer"]
 
@@ -48,8 +50,9 @@ DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_FILE = DATA_DIR / "mcu_model.json"
 
 
-class McuModelError(ValueError):
-    """A bad model file, or a layer kind the model has no coefficients for."""
+class McuModelError(CostModelError):
+    """A bad model file, or a layer kind the model has no coefficients for (a
+    :class:`CostModelError`, hence also a ``ValueError`` as before)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,30 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from costmodels.base import Cost, CostModel, FitReport, fidelity
+from costmodels.base import Cost, CostModel, FitReport, Sample
+from costmodels.mcu import McuModelError, default_model, shape_from_layer
 from costmodels.memory import layer_storage
+from targets.mcu.ops import geometry, mcu_fmt, mcu_op, scratch_bytes
 
-__all__ = ["McuPlanModel", "mcu_op", "mcu_fmt", "layer_shape"]
-
-
-def mcu_op(row: pd.Series) -> str:
-    """The MCU kernel op of a layer-table row."""
-    if row["op"] == "linear":
-        return "linear"
-    if row["op"] == "conv2d" and row["kind"] == "depthwise":
-        return "dwconv2d"
-    return str(row["op"])
-
-
-def mcu_fmt(pattern: str, storage_fmt: str) -> str:
-    return {"dense": "dense", "channel": "dense", "nm": "nm", "block": "block"}.get(
-        pattern, storage_fmt if storage_fmt in ("csr", "bitmask") else "csr")
+__all__ = ["McuPlanModel", "layer_shape"]
 
 
 def layer_shape(row: pd.Series, kept_in: int, kept_out: int) -> dict[str, int]:
     """The MCU model's shape dict for a (possibly channel-pruned) layer-table row."""
-    from costmodels.mcu import shape_from_layer
-
     op = mcu_op(row)
     in_shape = list(row["in_shape"])
     if op == "linear":
@@ -63,8 +49,6 @@ class McuPlanModel(CostModel):
 
     def __init__(self, target: Any, dtype: str = "int8") -> None:
         super().__init__(target)
-        from costmodels.mcu import default_model
-
         self.dtype = dtype
         self.insn = default_model()
         self.cpu = str(target.measure.get("qemu_cpu", "cortex-m4"))
@@ -74,8 +58,6 @@ class McuPlanModel(CostModel):
                                cpi_assumed=self.cpi, clock_hz=self.clock_hz)
 
     def layer_instructions(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-        from costmodels.mcu import McuModelError
-
         storage = layer_storage(resolved, self.dtype)
         out = np.full(len(resolved), math.nan)
         gaps = []
@@ -98,8 +80,6 @@ class McuPlanModel(CostModel):
 
     def scratch_bytes(self, resolved: pd.DataFrame) -> int:
         """The largest kernel scratch buffer (im2col rows) of the plan's layers, in bytes."""
-        from targets.mcu._layers import geometry, scratch_bytes
-
         best = 0
         for _, r in resolved.iterrows():
             op = mcu_op(r)
@@ -136,20 +116,20 @@ class McuPlanModel(CostModel):
         if params.get("instruction_model") and hasattr(type(self.insn), "from_dict"):
             self.insn = type(self.insn).from_dict(params["instruction_model"])
 
-    def refit(self, samples: list, graphs: Any = None) -> FitReport:
-        """Add the measured per-layer rows of the records (``extra['mcu_rows']``) to the
-        instruction model and re-solve it."""
+    def refit(self, samples: list[Sample]) -> FitReport:
+        """Add the measured per-layer rows of the samples (``extra['mcu_rows']``: instruction
+        counts as ``targets.mcu`` measures them) to the instruction model and re-solve it.
+        Raises :class:`CostModelError` for an empty list."""
+        self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
         before = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
-        rows = [r for s in samples for r in (getattr(s, "extra", None) or {}).get("mcu_rows", [])]
+        rows = [r for s in samples for r in (s.extra or {}).get("mcu_rows", [])]
         if rows:
             self.insn.refit(pd.DataFrame(rows), source="hwsearch search measurements")
         after = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
-        fb, fa = fidelity(before, meas), fidelity(after, meas)
+        report = FitReport.of(before, after, meas, layer_rows=len(rows))
         self.provenance["fitted_on"] = len(samples)
         self.provenance.setdefault("history", []).append({
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "plans": len(samples),
-            "layer_rows": len(rows), "mape_before": fb["mape"], "mape_after": fa["mape"]})
-        return FitReport(n=len(samples), mape_before=fb["mape"], mape_after=fa["mape"], within10_before=fb["within10"],
-                         within10_after=fa["within10"], within5_after=fa["within5"],
-                         kendall_tau_after=fa["kendall_tau"], layer_rows=len(rows))
+            "layer_rows": len(rows), "mape_before": report.mape_before, "mape_after": report.mape_after})
+        return report

@@ -15,29 +15,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from costmodels.errors import CostModelError
 from hwsearch.core import patterns
 from hwsearch.core.plan import LayerChoice
 
-__all__ = ["DTYPE_BYTES", "layer_storage", "flash_bytes", "peak_sram_bytes"]
+__all__ = ["DTYPE_BYTES", "QPARAM_BYTES_PER_CHANNEL", "INT8_BIAS_BYTES", "check_dtype", "bias_bytes_per_channel",
+           "layer_storage", "flash_bytes", "peak_sram_bytes"]
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
-_QPARAM_BYTES_PER_CHANNEL = 8  # int32 multiplier + int32 shift per output channel (CMSIS-NN)
-_INT8_BIAS_BYTES = 4           # int8 layers keep int32 biases
+QPARAM_BYTES_PER_CHANNEL = 8  # int32 multiplier + int32 shift per output channel (CMSIS-NN)
+INT8_BIAS_BYTES = 4           # int8 layers keep int32 biases
+
+
+def check_dtype(dtype: str) -> None:
+    """Raise :class:`CostModelError` listing the valid dtypes when ``dtype`` is not one."""
+    if dtype not in DTYPE_BYTES:
+        raise CostModelError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
+
+
+def bias_bytes_per_channel(dtype: str) -> int:
+    """Bytes of one output channel's bias stored for ``dtype`` (int8 layers keep int32 biases)."""
+    return INT8_BIAS_BYTES if dtype == "int8" else DTYPE_BYTES[dtype]
 
 
 def layer_storage(resolved: pd.DataFrame, dtype: str = "fp32") -> pd.DataFrame:
     """Per-layer storage of a resolved plan: columns ``fmt``, ``values_bytes``, ``index_bytes``,
     ``bias_bytes``, ``qparam_bytes``, ``flash_bytes`` (their sum)."""
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
+    check_dtype(dtype)
     b = DTYPE_BYTES[dtype]
     rows = []
     for layer, r in resolved.iterrows():
         pat = patterns.get(str(r["pattern"]))
         choice = LayerChoice(str(r["pattern"]), float(r["ratio"]), int(r["n"]), int(r["m"]), tuple(r["block"]))
         st = pat.storage(int(r["rows2d"]), int(r["cols2d"]), int(r["nnz"]), choice, b)
-        bias = int(r["kept_out"]) * (_INT8_BIAS_BYTES if dtype == "int8" else b) if r["has_bias"] else 0
-        qp = int(r["kept_out"]) * _QPARAM_BYTES_PER_CHANNEL if dtype == "int8" else 0
+        bias = int(r["kept_out"]) * bias_bytes_per_channel(dtype) if r["has_bias"] else 0
+        qp = int(r["kept_out"]) * QPARAM_BYTES_PER_CHANNEL if dtype == "int8" else 0
         rows.append({"fmt": st.fmt, "values_bytes": st.values_bytes, "index_bytes": st.index_bytes,
                      "bias_bytes": bias, "qparam_bytes": qp,
                      "flash_bytes": st.total_bytes + bias + qp})

@@ -1,61 +1,76 @@
-"""Cost models by name, and the default one for a target."""
+"""Cost models by name, the default one for a target, and reading a saved model of any kind.
+
+Built-in models are named here by ``"module:Class"`` and imported only when first made, so this
+module imports :mod:`costmodels.base` and no implementation; an implementation never imports this
+module (nor the package). ``register`` adds a kind: a ``"module:Class"`` string or a callable
+``factory(target) -> CostModel``.
+"""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from costmodels.base import CostModel
-from hwsearch.core.errors import SpecError
+from costmodels.base import CostModel, CostModelFileError, read_model_file
 
-__all__ = ["register", "make", "names", "default_for"]
+__all__ = ["register", "make", "names", "default_for", "load"]
 
-_FACTORIES: dict[str, Callable[[Any], CostModel]] = {}
-_DEFAULT_BY_TARGET_KIND: dict[str, str] = {"cpu": "roofline", "gpu": "roofline"}
+Factory = Callable[[Any], CostModel]
+
+_FACTORIES: dict[str, str | Factory] = {
+    "roofline": "costmodels.analytical:RooflineModel",
+    "gpu24": "costmodels.gpu24:Gpu24Model",      # 2:4 speed-ups on NVIDIA GPUs
+    "lut": "costmodels.lut:LUTModel",
+    "mcu": "costmodels.mcu_cost:McuPlanModel",
+}
+_DEFAULT_BY_TARGET_KIND: dict[str, str] = {"cpu": "roofline", "gpu": "roofline", "mcu": "mcu"}
 
 
-def register(kind: str, factory: Callable[[Any], CostModel], *, default_for_kinds: tuple[str, ...] = ()) -> None:
-    """Register ``factory(target) -> CostModel`` under ``kind``."""
+def register(kind: str, factory: str | Factory, *, default_for_kinds: tuple[str, ...] = ()) -> None:
+    """Register ``factory`` under ``kind``: ``"module:Class"`` (imported when first made) or a
+    callable ``factory(target) -> CostModel``; the default model of targets of ``default_for_kinds``."""
     _FACTORIES[kind] = factory
     for tk in default_for_kinds:
         _DEFAULT_BY_TARGET_KIND[tk] = kind
 
 
+def _resolve(kind: str) -> Factory:
+    factory = _FACTORIES[kind]
+    if isinstance(factory, str):
+        module, _, name = factory.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+        _FACTORIES[kind] = factory
+    return factory
+
+
 def make(kind: str, target: Any) -> CostModel:
-    """A fresh cost model of ``kind`` for ``target``; :class:`SpecError` lists valid kinds."""
-    _load_builtin()
+    """A fresh cost model of ``kind`` for ``target``; :class:`CostModelFileError` lists valid kinds."""
     if kind not in _FACTORIES:
-        raise SpecError(f"unknown cost model {kind!r}; valid: {', '.join(sorted(_FACTORIES))}")
-    return _FACTORIES[kind](target)
+        raise CostModelFileError(f"unknown cost model {kind!r}; valid: {', '.join(sorted(_FACTORIES))}")
+    return _resolve(kind)(target)
 
 
 def names() -> list[str]:
-    _load_builtin()
+    """Every registered kind, sorted (nothing is imported)."""
     return sorted(_FACTORIES)
 
 
 def default_for(target: Any) -> CostModel:
     """The default cost model for a target: ``[measure] costmodel`` in its spec if set, else by kind."""
-    _load_builtin()
     kind = target.measure.get("costmodel") or _DEFAULT_BY_TARGET_KIND.get(target.kind)
     if kind is None:
-        raise SpecError(f"no cost model for target kind {target.kind!r}; set [measure] costmodel in {target.path}")
+        raise CostModelFileError(f"no cost model for target kind {target.kind!r}; set [measure] costmodel "
+                                 f"in {target.path}")
     return make(kind, target)
 
 
-_loaded = False
+def load(path: str | Path, target: Any) -> CostModel:
+    """Read a file written by :meth:`CostModel.save` for ``target``, of any registered kind;
+    :class:`CostModelFileError` says what is wrong (another target or runtime, another
+    ``schema_version``, malformed content, an unknown kind)."""
+    data = read_model_file(path, target)
+    model = make(str(data.get("kind", "?")), target)
+    model.restore(data)
+    return model
 
-
-def _load_builtin() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from costmodels.analytical import RooflineModel
-
-    register("roofline", RooflineModel)
-    import costmodels.gpu24  # noqa: F401  (registers "gpu24": 2:4 speed-ups on NVIDIA GPUs)
-    from costmodels.lut import LUTModel
-    from costmodels.mcu_cost import McuPlanModel
-
-    register("lut", LUTModel)
-    register("mcu", McuPlanModel, default_for_kinds=("mcu",))

@@ -1,36 +1,40 @@
 """hwsearch — hardware-aware per-layer sparsity search for PyTorch.
 
-The vocabulary is on the package; the verbs are in the modules of the same names (a function
-``hwsearch.search`` would be shadowed by the module ``hwsearch.search`` as soon as it is
-imported, so the verbs are not re-exported here)::
+The package is the API face: the vocabulary and the four jobs, each a function::
 
     import hwsearch
-    from hwsearch.search import search
-    from hwsearch import export, profile, report
 
-    g = hwsearch.analyze(model, example)                       # one row per prunable layer
+    g = hwsearch.analyze(model, example)                        # one row per prunable layer
     plan = hwsearch.Plan({"pw": hwsearch.LayerChoice("channel", 0.5)})
-    res = search(hwsearch.SearchConfig(out_dir="runs/a", latency_budget_x=0.7))
-    export.from_search("runs/a")                               # the deployment bundle
-    report.study_report("runs/a")                              # plots and tables
-    profile.profile(g, hwsearch.get_target("host-x86"), work_dir="prof")
+    res = hwsearch.search(hwsearch.SearchConfig(out_dir="runs/a", latency_budget_x=0.7))
+    out, manifest = hwsearch.export("runs/a")                    # the deployment bundle
+    hwsearch.report("runs/a")                                    # plots and tables
+    df, files = hwsearch.profile("host-x86", out="prof")         # per-layer latency + a LUT model
 
-Names are imported on first use (PEP 562), so ``import hwsearch`` stays cheap.
+The modules behind them are named for what they hold (``searching``, ``exporting``,
+``profiling``, ``reporting``), so a verb is never shadowed by a submodule of the same name.
+Names are imported on first use (PEP 562), so ``import hwsearch`` loads neither torch nor
+Optuna.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-__all__ = ["analyze", "Plan", "LayerChoice", "SearchConfig", "SearchResult", "get_target"]
+__all__ = ["analyze", "Plan", "LayerChoice", "SearchConfig", "SearchResult", "get_target",
+           "search", "profile", "export", "report"]
 
 _LAZY = {
     "analyze": ("hwsearch.graph", "analyze"),
     "Plan": ("hwsearch.core.plan", "Plan"),
     "LayerChoice": ("hwsearch.core.plan", "LayerChoice"),
-    "SearchConfig": ("hwsearch.search", "SearchConfig"),
-    "SearchResult": ("hwsearch.search", "SearchResult"),
+    "SearchConfig": ("hwsearch.searching.config", "SearchConfig"),
+    "SearchResult": ("hwsearch.searching.config", "SearchResult"),
     "get_target": ("targets.spec", "get_target"),
+    "search": ("hwsearch.searching.loop", "search"),                # find per-layer sparsity for a device
+    "profile": ("hwsearch.profiling", "profile_target"),            # profile a target
+    "export": ("hwsearch.exporting", "from_search"),                # export a tuned deployment
+    "report": ("hwsearch.reporting", "study_report"),               # plots and tables of a search
 }
 
 

@@ -1,7 +1,7 @@
 """Baselines the search is compared with, run through the search's own harness.
 
 Every baseline produces :class:`~hwsearch.core.plan.Plan` objects; :func:`evaluate_plans` scores
-them exactly as a search trial is scored — accuracy by :class:`hwsearch.search.Evaluator`
+them exactly as a search trial is scored — accuracy by :class:`hwsearch.searching.Evaluator`
 (``prune.decide`` + ``prune.masked_state``, or its short fine-tune when configured), predicted
 cost by the evaluator's cost model — so a comparison differs only in how plans are chosen.
 Measured latency comes from :func:`hwsearch.measure.measure_model` on the folded plan, as
@@ -49,7 +49,7 @@ COLUMNS = ["method", "step", "plan_key", "plan", "describe", "accuracy", "predic
 
 
 class PlanEvaluator(Protocol):
-    """What the baselines need from :class:`hwsearch.search.Evaluator`: its config
+    """What the baselines need from :class:`hwsearch.searching.Evaluator`: its config
     (``channel_multiple``, ``min_density``), its cost model ``cm`` and target, and the two
     scoring calls."""
 

@@ -6,7 +6,6 @@ Every user error prints one line (``hwsearch: error: …`` with the fix), then t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from rich.measure import Measurement
     from rich.text import Text
 
-    from hwsearch.search import SearchResult
+    from hwsearch.searching import SearchResult
 
 __all__ = ["main"]
 
@@ -137,12 +136,8 @@ def _profile_parser(sub) -> None:
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
-    from costmodels.lut import LUTModel
-    from hwsearch import zoo
     from hwsearch.core.errors import PlanError
-    from hwsearch.graph import analyze
-    from hwsearch.profile import plot_profile, profile
-    from targets.spec import get_target
+    from hwsearch.profiling import profile_target
 
     try:
         ratios = tuple(float(r) for r in a.ratios.split(","))
@@ -150,26 +145,15 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         raise PlanError(f"--ratios {a.ratios!r} must be comma-separated numbers in [0, 1)") from None
     if any(not 0.0 <= r < 1.0 for r in ratios):
         raise PlanError(f"--ratios {a.ratios!r} out of range: each ratio removed must be in [0, 1)")
-    target = get_target(a.target)
-    model, example = zoo.load_model(a.model or zoo.REFERENCE[0])
-    if example is None:
-        example = zoo.load_data(a.data or zoo.REFERENCE[1]).example_input
-    graph = analyze(model, example)
     con = _console()
-    a.out.mkdir(parents=True, exist_ok=True)
-    con.print(f"profiling {len(graph.table)} layers of {a.model or zoo.REFERENCE[0]} on {target.identity} ...")
-    df = profile(graph, target, work_dir=a.out / "tvm", ratios=ratios,
-                 patterns=tuple(p.strip() for p in a.patterns.split(",")), channel_multiple=a.channel_multiple,
-                 mode=a.mode, samples=a.samples, repeats=a.repeats)
-    df.to_csv(a.out / "profile.csv", index=False)
-    (a.out / "profile.json").write_text(json.dumps(df.attrs, indent=2, default=str))
-    plot_profile(df, a.out / "profile.png", f"{target.identity}: per-layer latency")
-    lut = LUTModel.from_profile(target, df)
-    lut.save(a.out / "costmodel-lut.json")
+    df, files = profile_target(a.target, out=a.out, model=a.model, data=a.data, ratios=ratios,
+                               patterns=tuple(p.strip() for p in a.patterns.split(",")),
+                               channel_multiple=a.channel_multiple, mode=a.mode, samples=a.samples,
+                               repeats=a.repeats, progress=con.print)
     con.print(f"  {len(df)} cells, dense model {df.attrs['dense_latency_s'] * 1e6:.1f} µs measured, "
               f"overhead {df.attrs['overhead_s'] * 1e6:.1f} µs")
-    for f in ("profile.csv", "profile.json", "profile.png", "costmodel-lut.json"):
-        con.print(f"  wrote {a.out / f}")
+    for path in files.values():
+        con.print(f"  wrote {path}")
     return 0
 
 
@@ -181,7 +165,7 @@ def _report_parser(sub) -> None:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from hwsearch.report import study_report
+    from hwsearch.reporting import study_report
 
     con = _console()
     for name, path in study_report(a.search_dir, a.out).items():
@@ -191,7 +175,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 def _cmd_search(a: argparse.Namespace) -> int:
     from hwsearch import zoo
-    from hwsearch.search import SearchConfig, search
+    from hwsearch.searching import SearchConfig, search
 
     cfg = SearchConfig(
         out_dir=a.out, target=a.target, model=a.model or zoo.REFERENCE[0], data=a.data or zoo.REFERENCE[1],
@@ -349,10 +333,10 @@ def _speedup_cell(row: pd.Series, dense: float | None) -> str:
 def _cmd_export(a: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from hwsearch import export
+    from hwsearch import exporting
 
     con = _console()
-    out, manifest = export.from_search(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop, out=a.out,
+    out, manifest = exporting.from_search(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop, out=a.out,
                                        target=a.target, progress=lambda m: con.print(escape(m)),
                                        finetune_steps=a.finetune_steps)
     for k, v in manifest["artifacts"].items():
@@ -360,7 +344,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     con.print(f"  manifest: {out / 'manifest.json'}")
     failed = "error" in manifest["artifacts"]
     if a.verify:
-        for k, v in export.verify(out).items():
+        for k, v in exporting.verify(out).items():
             con.print(f"  verify {k}: {v}")
             failed |= not v.startswith("ok")
     return 1 if failed else 0

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
 from hwsearch.core.errors import PlanError
-from hwsearch.importance import DataBatches, global_keep, tiered_scores
+from hwsearch.scoring import DataBatches, global_keep, tiered_scores
 
 __all__ = ["TrainFn", "Ticket", "imp", "ticket_model"]
 
@@ -44,7 +44,7 @@ class Ticket:
     ``masks[layer]``: boolean keep-mask of the weight; ``rewind_state``: every parameter and
     floating buffer of the model (plain names, e.g. ``conv1.weight``) at the rewind point;
     ``weights[layer]``: the ticket's weights, ``rewind_state[layer.weight] · mask``;
-    ``scores[layer]``: tiered scores (see :func:`hwsearch.importance.tiered_scores`);
+    ``scores[layer]``: tiered scores (see :func:`hwsearch.scoring.tiered_scores`);
     ``densities``: global density of the requested layers after each round;
     ``rewind_step``: optimiser steps (batches) before the rewind point.
     """

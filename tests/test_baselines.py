@@ -12,7 +12,7 @@ import costmodels
 from hwsearch import baselines, prune, zoo
 from hwsearch.graph import analyze
 from hwsearch.core.resolve import kept_channels, resolve
-from hwsearch.search import Evaluator, SearchConfig
+from hwsearch.searching import Evaluator, SearchConfig
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from hwsearch import cli, export, zoo
+from hwsearch import cli, exporting, zoo
 from hwsearch.core import records
 from hwsearch.cli import main, print_front_table
 from hwsearch.core.plan import LayerChoice, Plan
@@ -157,7 +157,7 @@ def test_front_table_shows_the_best_when_none_is_near_dense():
 
 def test_not_offered_lines_group_layers_by_reason():
     from hwsearch.graph import analyze
-    from hwsearch.search import SearchConfig, fit_cost_model
+    from hwsearch.searching import SearchConfig, fit_cost_model
     from hwsearch.space import SearchSpace
     from targets.spec import get_target
 
@@ -228,13 +228,13 @@ def test_export_refuses_a_plan_far_below_dense(capsys, tmp_path):
     assert err[2].startswith(f"  {keys['down']}  accuracy 0.410") and err[3].strip().startswith(keys["stem"]), err
     assert sorted(p.name for p in d.iterdir()) == before  # nothing written
     # a named plan (a unique key prefix, as the table shows it) is the user's choice
-    assert export.pick_plan(d, plan_key=keys["stem"][:7])["accuracy"] == 0.332
+    assert exporting.pick_plan(d, plan_key=keys["stem"][:7])["accuracy"] == 0.332
     # within the accepted drop, the fastest qualifying plan is picked
-    assert export.pick_plan(d, max_drop=0.7)["plan_key"] == keys["stem"]
+    assert exporting.pick_plan(d, max_drop=0.7)["plan_key"] == keys["stem"]
 
 
 def test_export_refuses_without_a_dense_accuracy(tmp_path):
     d = _fake_search(tmp_path / "s", [("stem", 0.98, 40e-6)], dense_accuracy=None)
-    with pytest.raises(export.NoPlanWithinDrop, match="dense model's accuracy is not recorded") as e:
-        export.pick_plan(d)
+    with pytest.raises(exporting.NoPlanWithinDrop, match="dense model's accuracy is not recorded") as e:
+        exporting.pick_plan(d)
     assert [r["accuracy"] for r in e.value.candidates] == [0.98]

@@ -14,7 +14,12 @@ import torch
 
 import costmodels
 from costmodels.batch import BatchPricer
-from hwsearch import search as S
+from hwsearch.searching import config as S_config
+from hwsearch.searching import evaluator as S_eval
+from hwsearch.searching import front as S_front
+from hwsearch.searching import polish as S_polish
+from hwsearch.searching import seeds as S_seeds
+from hwsearch.searching import trials as S_trials
 from hwsearch import zoo
 from hwsearch.graph import analyze
 from hwsearch.core.plan import LayerChoice, Plan
@@ -35,17 +40,17 @@ def setup(tmp_path):
     pricer = BatchPricer(g, target, cm, channel_multiple=1, min_density=0.05)
     dense = float(pricer.price_plans([Plan()])["latency_s"][0])
     space = SearchSpace.build(g, target, patterns_wanted=("dense", "channel"), max_ratio=0.9, min_density=0.05)
-    cfg = S.SearchConfig(out_dir=tmp_path, channel_multiple=1, min_density=0.05, seed=0)
+    cfg = S_config.SearchConfig(out_dir=tmp_path, channel_multiple=1, min_density=0.05, seed=0)
     return g, data, target, cm, pricer, dense, space, cfg
 
 
-def _run(setup, budget_frac: float, n: int = 80) -> tuple[optuna.Study, S.SearchConfig]:
+def _run(setup, budget_frac: float, n: int = 80) -> tuple[optuna.Study, S_config.SearchConfig]:
     g, data, target, cm, pricer, dense, space, cfg = setup
     cfg = dataclasses.replace(cfg, latency_budget_s=budget_frac * dense)
-    ev = S.Evaluator(g, data, target, cm, cfg)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S._sampler(cfg, True))
+    ev = S_eval.Evaluator(g, data, target, cm, cfg)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S_trials.make_sampler(cfg, True))
     study.enqueue_trial(space.params_of(Plan()))  # the dense model: the most accurate plan, over budget
-    S._run_trials(study, space, ev, pricer, n, cfg, show_bars=False)
+    S_trials.run_trials(study, space, ev, pricer, n, cfg, show_bars=False)
     return study, cfg
 
 
@@ -57,12 +62,12 @@ def test_budget_is_a_constraint_the_sampler_follows(setup):
     for t in done:
         (v,) = t.user_attrs["constraints"]
         assert v == pytest.approx(t.values[1] / cfg.latency_budget_s - 1.0)
-        if S._TRIAL_CONSTRAINTS:  # Optuna 5: the value the sampler reads lives on the trial
+        if S_trials.TRIAL_CONSTRAINTS:  # Optuna 5: the value the sampler reads lives on the trial
             assert t.constraints == {"latency": pytest.approx(v)}
     assert done[0].user_attrs["plan_key"] == Plan().key and done[0].user_attrs["constraints"][0] > 0
     # Unconstrained, the dense plan (accuracy 1.0) is on the accuracy/latency front; as a
     # constraint the budget keeps it (and every other over-budget plan) off the front.
-    front = S._front(study)
+    front = S_front.pareto_front(study)
     assert len(front) and front["feasible"].all()
     assert Plan().key not in set(front["plan_key"])
     assert (front["predicted_latency_s"] <= 0.95 * dense + 1e-12).all()
@@ -70,46 +75,46 @@ def test_budget_is_a_constraint_the_sampler_follows(setup):
 
 def test_unreachable_budget_is_reported_with_the_closest_plan(setup):
     study, cfg = _run(setup, 1e-3, n=20)
-    front = S._front(study)
+    front = S_front.pareto_front(study)
     assert len(front) and not front["feasible"].any()  # least-violating plans, flagged
-    msg = S._closest_to_budgets(study, cfg)
+    msg = S_front.closest_to_budgets(study, cfg)
     assert msg.startswith("latency: best") and "vs budget" in msg
 
 
 def test_local_search_adds_feasible_new_configurations_within_its_budget(setup):
     g, data, target, cm, pricer, dense, space, cfg = setup
     cfg = dataclasses.replace(cfg, latency_budget_s=0.95 * dense, polish_trials=24)
-    ev = S.Evaluator(g, data, target, cm, cfg)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S._sampler(cfg, True))
-    S._run_trials(study, space, ev, pricer, 40, cfg, show_bars=False)
-    before = {S.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved) for t in study.trials}
+    ev = S_eval.Evaluator(g, data, target, cm, cfg)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=S_trials.make_sampler(cfg, True))
+    S_trials.run_trials(study, space, ev, pricer, 40, cfg, show_bars=False)
+    before = {S_front.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved) for t in study.trials}
     best_before = max(t.values[0] for t in study.trials if t.user_attrs["constraints"][0] <= 0)
-    start, best, n = S._polish(study, space, ev, pricer, cfg)
+    start, best, n = S_polish.polish(study, space, ev, pricer, cfg)
     polished = [t for t in study.trials if t.user_attrs.get("phase") == "polish"]
     assert start == best_before and best >= start
     assert 0 < n == len(polished) <= 24
     for t in polished:
         assert t.user_attrs["constraints"][0] <= 0                      # only feasible neighbours
-        key = S.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
+        key = S_front.config_key(ev.decisions(Plan.from_dict(t.user_attrs["plan"])).resolved)
         assert key not in before                                        # nothing evaluated twice
         before.add(key)
     # a resumed worker continues the count: with the budget spent, nothing more runs
     if n == 24:
-        assert S._polish(study, space, ev, pricer, cfg) is None
+        assert S_polish.polish(study, space, ev, pricer, cfg) is None
 
 
 def test_greedy_seed_is_the_netadapt_path_end_within_the_budget(setup):
     g, data, target, cm, pricer, dense, space, cfg = setup
     cfg = dataclasses.replace(cfg, latency_budget_s=0.95 * dense)
-    ev = S.Evaluator(g, data, target, cm, cfg)
+    ev = S_eval.Evaluator(g, data, target, cm, cfg)
     said = []
-    seeds = S._greedy_seeds(g, ev, cm, cfg, said.append)
+    seeds = S_seeds.greedy_seeds(g, ev, cm, cfg, said.append)
     assert 1 <= len(seeds) <= 3 and said and said[0].startswith("greedy seed:")
     lat = pricer.price_plans(seeds)["latency_s"]
     assert lat[-1] <= cfg.latency_budget_s < lat[0] or len(seeds) == 1   # the path ends at the budget
     assert all(c.pattern == "channel" for p in seeds for c in p.values())
-    assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, greedy_seed=False), said.append) == []
-    assert S._greedy_seeds(g, ev, cm, dataclasses.replace(cfg, latency_budget_s=None), said.append) == []
+    assert S_seeds.greedy_seeds(g, ev, cm, dataclasses.replace(cfg, greedy_seed=False), said.append) == []
+    assert S_seeds.greedy_seeds(g, ev, cm, dataclasses.replace(cfg, latency_budget_s=None), said.append) == []
 
 
 def test_edge_plans_are_exactly_the_budgets_edge_of_the_channel_lattice(setup):
@@ -155,13 +160,13 @@ def test_edge_plans_are_exactly_the_budgets_edge_of_the_channel_lattice(setup):
 
 def test_edge_seeds_need_a_latency_budget_and_are_distinct_configurations(setup):
     g, data, target, cm, pricer, dense, space, cfg = setup
-    ev = S.Evaluator(g, data, target, cm, cfg)
+    ev = S_eval.Evaluator(g, data, target, cm, cfg)
     said = []
-    seeds = S._edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=0.96 * dense, trials=40),
+    seeds = S_seeds.edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=0.96 * dense, trials=40),
                           said.append)
     assert 1 <= len(seeds) <= 20 and said and said[0].startswith("edge seeds:")
-    keys = [S.config_key(ev.decisions(p).resolved) for p in seeds]
+    keys = [S_front.config_key(ev.decisions(p).resolved) for p in seeds]
     assert len(set(keys)) == len(keys)
-    assert S._edge_seeds(space, ev, pricer, cfg, said.append) == []
-    assert S._edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=dense, edge_seeds=0),
+    assert S_seeds.edge_seeds(space, ev, pricer, cfg, said.append) == []
+    assert S_seeds.edge_seeds(space, ev, pricer, dataclasses.replace(cfg, latency_budget_s=dense, edge_seeds=0),
                          said.append) == []

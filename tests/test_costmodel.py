@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import costmodels
-from costmodels.analytical import Sample
+from costmodels.base import Sample
 from costmodels.memory import flash_bytes, layer_storage
 from hwsearch.core.errors import SpecError
 from hwsearch.graph import analyze
@@ -105,23 +105,23 @@ def test_costmodel_file_round_trip_and_bad_files(resdw, host, tmp_path):
     cm = costmodels.default_for(host)
     cm.scale["conv"] = 7.0
     path = cm.save(tmp_path / "cm.json")
-    back = costmodels.CostModel.load(path, host)
+    back = costmodels.load(path, host)
     assert back.predict(g, Plan()).latency_s == pytest.approx(cm.predict(g, Plan()).latency_s)
     data = json.loads(path.read_text())
     data["schema_version"] = 99
     path.write_text(json.dumps(data))
     with pytest.raises(SpecError, match="schema_version"):
-        costmodels.CostModel.load(path, host)
+        costmodels.load(path, host)
     path.write_text("{not json")
     with pytest.raises(SpecError, match="not valid JSON"):
-        costmodels.CostModel.load(path, host)
+        costmodels.load(path, host)
 
 
 def test_refit_corrects_measured_kernels_and_fits_the_glue(resdw):
     """Kernels measured off the roofline (a schedule 2x slower for one channel count) are
     corrected exactly where they appear again, unmeasured kernels keep factor 1, and what totals
     leave after the layers is split into a fixed overhead and a term in kept activation bytes."""
-    from costmodels.analytical import RooflineModel, Sample
+    from costmodels.analytical import RooflineModel
     from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.core.resolve import resolve
     from targets.spec import get_target
@@ -184,11 +184,11 @@ def test_costmodel_of_one_runtime_is_refused_for_another(host, tmp_path):
     ort_host = host.with_runtime("onnxruntime")
     path = costmodels.default_for(ort_host).save(tmp_path / "cm.json")
     assert json.loads(path.read_text())["runtime"] == "onnxruntime"
-    assert costmodels.CostModel.load(path, get_target("host-x86+onnxruntime")).target.runtime == "onnxruntime"
+    assert costmodels.load(path, get_target("host-x86+onnxruntime")).target.runtime == "onnxruntime"
     with pytest.raises(SpecError, match="fitted on runtime 'onnxruntime'.*not 'tvm'.*--runtime onnxruntime"):
-        costmodels.CostModel.load(path, host)
+        costmodels.load(path, host)
     with pytest.raises(SpecError, match="not 'cortex-m7@1'"):
-        costmodels.CostModel.load(path, get_target("cortex-m7"))
+        costmodels.load(path, get_target("cortex-m7"))
 
 
 def test_target_runtimes_and_identity(host):
@@ -204,12 +204,66 @@ def test_target_runtimes_and_identity(host):
 def test_an_unmeasured_width_of_a_measured_layer_takes_its_nearest_correction():
     """A runtime's efficiency on a layer changes slowly with the layer's width: a kernel never
     measured borrows the correction of the same layer at the nearest measured width, not 1.0."""
-    from costmodels.analytical import kernel_correction, kernel_signature
+    from costmodels.kernels import kernel_correction, kernel_key
 
-    table = {kernel_signature("convA", 64, 64, None): 2.0, kernel_signature("convA", 16, 16, None): 5.0,
-             kernel_signature("convB", 56, 56, None): 9.0}
+    table = {kernel_key("convA", 64, 64, None): 2.0, kernel_key("convA", 16, 16, None): 5.0,
+             kernel_key("convB", 56, 56, None): 9.0}
     assert kernel_correction(table, "convA", 64, 64, None) == 2.0            # measured: its own
     assert kernel_correction(table, "convA", 56, 64, None) == 2.0            # nearest width: 64x64
     assert kernel_correction(table, "convA", 16, 24, None) == 5.0            # nearest width: 16x16
     assert kernel_correction(table, "convC", 64, 64, None) == 1.0            # never measured: no correction
     assert kernel_correction(table, "convA", 64, 64, 0.5) == 1.0             # another density mode
+
+
+def test_kernel_keys_round_the_density_as_the_refit_does_and_name_dense_kernels(resdw, host):
+    """One kernel identity (costmodels.kernels) for the refit's corrections and the search: an
+    accelerated weight pattern is its own kernel by density (3 decimals), anything else the
+    dense kernel of its kept shape."""
+    import dataclasses
+
+    from costmodels.analytical import RooflineModel
+    from costmodels.kernels import DENSITY_DECIMALS, kernel_key, kernel_keys
+
+    g = analyze(*resdw)
+    res = _res(g, Plan({"c2": LayerChoice("unstructured", 0.5), "pw": LayerChoice("channel", 0.5)}))
+    fast = dataclasses.replace(host, patterns={"unstructured": {"kernel": True, "speedup": True}})
+    on_host, on_fast = kernel_keys(res, host.accelerates), kernel_keys(res, fast.accelerates)
+    assert list(on_host.index) == list(res.index)
+    assert on_host["c2"].endswith("|8x8|dense") and on_fast["c2"].endswith("|8x8|d0.500")
+    assert on_fast["pw"].endswith("|8x8|dense") and on_host["pw"] == on_fast["pw"]
+    assert DENSITY_DECIMALS == 3 and kernel_key("s", 8, 8, 0.12345) == "s|8x8|d0.123"
+    assert RooflineModel(fast).signatures(res) == list(on_fast)
+
+
+def test_registry_names_every_kind_loads_lazily_and_lists_valid_kinds(host):
+    import subprocess
+    import sys
+
+    from costmodels import registry
+
+    assert costmodels.names() == ["gpu24", "lut", "mcu", "roofline"]
+    with pytest.raises(costmodels.CostModelFileError, match="unknown cost model 'nope'; valid: gpu24, lut, mcu, "
+                                                             "roofline"):
+        costmodels.make("nope", host)
+    registry.register("roofline-again", "costmodels.analytical:RooflineModel")
+    try:
+        assert type(costmodels.make("roofline-again", host)).__name__ == "RooflineModel"
+    finally:
+        registry._FACTORIES.pop("roofline-again")
+    # names() imports no implementation; make() imports only the one it makes
+    code = ("import sys, costmodels; costmodels.names(); assert 'costmodels.gpu24' not in sys.modules; "
+            "from targets.spec import get_target; costmodels.make('lut', get_target('host-x86')); "
+            "assert 'costmodels.lut' in sys.modules and 'costmodels.gpu24' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_empty_refits_and_bad_dtypes_are_cost_model_errors(host):
+    from costmodels.memory import check_dtype
+
+    cm = costmodels.default_for(host)
+    with pytest.raises(costmodels.CostModelError, match="needs at least one measured plan"):
+        cm.refit([])
+    with pytest.raises(costmodels.CostModelError, match="unknown dtype 'fp8'; valid: fp32, fp16, bf16, int8"):
+        check_dtype("fp8")
+    assert issubclass(costmodels.CoverageError, costmodels.CostModelError)
+    assert issubclass(costmodels.CostModelFileError, SpecError)

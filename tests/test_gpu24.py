@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from costmodels import registry
-from costmodels.analytical import RooflineModel, Sample
-from costmodels.base import CostModel
+from costmodels.analytical import RooflineModel
+import costmodels
+from costmodels.base import Sample
 from costmodels.gpu24 import MIN_FIT_ROWS, PUBLIC_TABLE, SHAPE_RULES, Gpu24Model, load_table
 from hwsearch.core.errors import SpecError
 from hwsearch.graph import analyze
@@ -119,7 +120,7 @@ def test_estimators_are_deterministic(h200_unmeasured) -> None:
 
 def test_save_load_round_trip(fitted: Gpu24Model, tmp_path: Path) -> None:
     path = fitted.save(tmp_path / "gpu24.json")
-    loaded = CostModel.load(path, fitted.target)
+    loaded = costmodels.load(path, fitted.target)
     assert isinstance(loaded, Gpu24Model) and loaded.measured
     M, N, K = np.array([1, 64, 2048, 16384]), np.array([256, 1024, 4096, 16384]), np.array([16384, 4096, 1024, 256])
     for dtype in ("fp16", "int8"):
@@ -130,7 +131,7 @@ def test_save_load_round_trip(fitted: Gpu24Model, tmp_path: Path) -> None:
 
 def test_unmeasured_round_trip_stays_unmeasured(h200_unmeasured, tmp_path: Path) -> None:
     model = Gpu24Model(h200_unmeasured)
-    loaded = CostModel.load(model.save(tmp_path / "m.json"), h200_unmeasured)
+    loaded = costmodels.load(model.save(tmp_path / "m.json"), h200_unmeasured)
     assert not loaded.measured and loaded.speedup(4096, 4096, 4096) == pytest.approx(2.0, rel=1e-3)
 
 
@@ -309,6 +310,20 @@ def test_measure_tiny_grid_on_gpu(tmp_path: Path) -> None:
     ok = df[df["error"].str.strip() == ""]
     assert len(ok) == 2 and np.isfinite(ok["speedup"]).all() and (ok["dense_ms"] > 0).all()
     assert {"driver", "torch", "cuda", "date", "sm_count", "dense_iqr_ms"} <= set(df.columns)
+
+
+def test_a_timing_table_round_trips_through_csv(tmp_path: Path) -> None:
+    """The stored 2:4 table format: a table written as CSV reads back (``load_table``) with the
+    same rows and speed-ups; ``dense_ms``/``sparse_ms`` fill a missing speed-up."""
+    table = synthetic_table().head(30)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    back = load_table(tmp_path / "t.csv")
+    cols = ["device", "dtype", "M", "N", "K", "backend", "source"]
+    pd.testing.assert_frame_equal(back[cols], load_table(table)[cols])
+    np.testing.assert_allclose(back["speedup"], table["speedup"], rtol=1e-15)
+    timed = table.drop(columns="speedup").assign(dense_ms=2.0, sparse_ms=1.6)
+    timed.to_csv(tmp_path / "timed.csv", index=False)
+    assert (load_table(tmp_path / "timed.csv")["speedup"] == 1.25).all()
 
 
 def test_device_matching_is_not_fooled_by_longer_names() -> None:

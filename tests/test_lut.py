@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from costmodels import CostModel, CoverageError
-from costmodels.analytical import Sample
+import costmodels
+from costmodels import CoverageError
+from costmodels.base import Sample
 from costmodels.lut import LUTModel
 from hwsearch.graph import analyze
 from hwsearch.core.plan import LayerChoice, Plan
@@ -42,7 +43,7 @@ def test_lut_interpolates_and_round_trips(resdw, tmp_path):
     assert lat[list(res.index).index("fc")] == pytest.approx(1e-6 * (1 + 4 * 0.5))   # its input halves
     un = m.predict(g, Plan({"c2": LayerChoice("unstructured", 0.5)}))
     assert un.latency_s == pytest.approx(dense.latency_s)                             # factor 1.0 measured
-    back = CostModel.load(m.save(tmp_path / "lut.json"), t)
+    back = costmodels.load(m.save(tmp_path / "lut.json"), t)
     assert back.predict(g, Plan({"pw": LayerChoice("channel", 0.5)})).latency_s == \
         pytest.approx(m.predict(g, Plan({"pw": LayerChoice("channel", 0.5)})).latency_s)
 

@@ -123,7 +123,8 @@ def _reference_layer_cases():
     at channel-pruning ratios 0 / 0.25 / 0.5 / 0.75, in every format its kernel op can hold."""
     import torch
 
-    from costmodels.mcu_cost import layer_shape, mcu_op
+    from costmodels.mcu_cost import layer_shape
+    from targets.mcu.ops import mcu_op
     from hwsearch.graph import analyze
     from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.core.resolve import resolve

@@ -83,6 +83,11 @@ def test_export_writes_ops_buffers_and_flash(tmp_path, pruned_small) -> None:
     assert man["param_bytes"] > man["weight_bytes"] > 0
     assert man["vs_torch"]["argmax_equal"] and man["vs_torch"]["relative_to_max"] < 0.05
     assert json.loads((tmp_path / "g" / "manifest.json").read_text())["kind"] == "hwsearch-mcu-c-graph"
+    assert man["weight_bytes"] == sum(o.get("weight_bytes", 0) for o in man["ops"])
+    names = {p.name for p in res.files}
+    assert {"model.h", "model.c", "weights.c", "weights.h", "hw_kernels.h", "hw_kernels_s8.c", "hw_ops.c",
+            "test_main.c", "reference_output.npy", "manifest.json"} <= names
+    assert "int model_run(" in (tmp_path / "g" / "model.h").read_text()
 
 
 @needs_emulator
@@ -113,6 +118,8 @@ def test_pruned_small_reference_int8_runs_and_matches_pytorch(tmp_path, pruned_s
                                   "bias": head.bias.detach().numpy(),
                                   "fmt": exp.manifest["ops"][-1]["fmt"]}], cpu="cortex-m7")[0]
     assert alone.ok and abs(alone.instructions - res.layer_instructions["head"]) <= 0.02 * alone.instructions
+    only = build(tmp_path / "g8", "cortex-m7")  # compile only
+    assert only.ok and only.instructions is None and only.text_bytes > only.weight_bytes > 0
 
 
 @needs_emulator
@@ -152,6 +159,10 @@ def test_unsupported_nodes_are_named(tmp_path) -> None:
         export_graph(_BnAfterAdd().eval(), torch.randn(1, 4, 10), tmp_path / "b")
     with pytest.raises(ValueError, match="not a layer"):
         export_graph(_ConvFlattenLinear().eval(), torch.randn(1, 2, 5, 5), tmp_path / "f", formats={"nope": "csr"})
+    with pytest.raises(ValueError, match="unknown fmt 'coo'; valid: dense"):
+        export_graph(_ConvFlattenLinear().eval(), torch.randn(1, 2, 5, 5), tmp_path / "f", formats={"fc": "coo"})
+    with pytest.raises(ValueError, match=r"node 'max_pool2d' \(aten.max_pool2d.default\)"):
+        export_graph(nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2)).eval(), torch.randn(1, 3, 6, 6), tmp_path / "m")
 
 
 class _ConvFlattenLinear(nn.Module):
@@ -171,3 +182,54 @@ def test_flatten_into_linear_permutes_columns(tmp_path) -> None:
     export_graph(model, torch.randn(1, 2, 5, 5), tmp_path / "cfl", dtype="fp32")
     res = build(tmp_path / "cfl", "cortex-m4", run=True)
     assert res.ok, res.error
+
+
+@needs_emulator
+def test_build_of_a_broken_or_foreign_tree_is_an_error(tmp_path) -> None:
+    torch.manual_seed(2)
+    exp = export_graph(_ConvFlattenLinear().eval(), torch.randn(1, 2, 5, 5), tmp_path / "t", dtype="fp32")
+    (exp.out_dir / "model.c").write_text("int model_run(void) { return }\n")
+    res = build(exp.out_dir)
+    assert not res.ok and "build failed" in (res.error or "")
+    man = json.loads((exp.out_dir / "manifest.json").read_text())
+    (exp.out_dir / "manifest.json").write_text(json.dumps({**man, "kind": "something-else"}))
+    res = build(exp.out_dir)
+    assert not res.ok and "not an export_graph tree" in (res.error or "")
+
+
+def _seq_model() -> tuple[nn.Module, torch.Tensor]:
+    """A Sequential CNN: conv + BatchNorm + ReLU, a depthwise conv2d + ReLU (nested), flatten,
+    dropout, a linear head with pruned columns."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU()),
+                      nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * 6 * 6, 10)).eval()
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 1.5)
+        m[6].weight[:, ::3] = 0  # pruned columns
+    return m, torch.randn(1, 3, 6, 6)
+
+
+def test_sequential_cnn_folds_bn_fuses_relu_and_runs_depthwise(tmp_path) -> None:
+    m, x = _seq_model()
+    exp = export_graph(m, x, tmp_path / "seq", dtype="fp32", formats={"6": "csr"})
+    ops = exp.manifest["ops"]
+    assert [(o["op"], o["relu"]) for o in ops] == [("conv2d", True), ("dwconv2d", True), ("linear", False)]
+    assert [o["fmt"] for o in ops][-1] == "csr" and ops[-1]["nnz"] == 10 * 8 * 6 * 6 * 2 // 3
+    if NO_TOOLS is not None:
+        pytest.skip(NO_TOOLS)
+    res = build(exp.out_dir, "cortex-m7", run=True)  # BN folded, flatten order kept (columns permuted)
+    assert res.ok, res.error
+    with torch.no_grad():
+        y = m(x)[0].numpy()
+    assert res.torch_max_abs_err <= 1e-4 * max(1.0, float(np.abs(y).max()))
+
+
+@needs_emulator
+@pytest.mark.slow
+def test_sequential_cnn_int8_export_runs_bit_exact(tmp_path) -> None:
+    m, x = _seq_model()
+    exp = export_graph(m, x, tmp_path / "q", dtype="int8")
+    res = build(exp.out_dir, "cortex-m4", run=True)
+    assert res.ok and res.max_abs_err == 0.0, res.error

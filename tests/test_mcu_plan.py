@@ -49,7 +49,7 @@ def nm_mask_along_input_channels(w: np.ndarray, n: int = 2, m: int = 4) -> np.nd
 def _small_reference_folded():
     """The small reference architecture (MNIST1DNet, width 8; weights untrained: the counts do not
     depend on them) pruned by a plan using every pattern, folded."""
-    from costmodels.mcu_cost import mcu_fmt, mcu_op
+    from targets.mcu.ops import mcu_fmt, mcu_op
     from costmodels.memory import layer_storage
     from hwsearch import prune
     from hwsearch.graph import analyze
@@ -85,7 +85,7 @@ def _small_reference_folded():
         if d["op"] != "linear":
             d.update(stride=mod.stride, padding=mod.padding, groups=mod.groups)
         layers.append(d)
-    return layers, res
+    return layers, res, folded
 
 
 @needs_emulator
@@ -93,7 +93,7 @@ def test_measure_plan_layers_on_the_small_reference_model() -> None:
     from costmodels.mcu import default_model
     from costmodels.mcu_cost import layer_shape
 
-    layers, res = _small_reference_folded()
+    layers, res, _ = _small_reference_folded()
     t0 = time.perf_counter()
     rows = measure_plan_layers(layers, cpu="cortex-m7")
     elapsed = time.perf_counter() - t0
@@ -173,8 +173,23 @@ def test_a_failing_layer_is_a_record_and_the_rest_are_measured() -> None:
 
 
 def test_conv1d_geometry_takes_pytorch_1_tuples() -> None:
-    from targets.mcu._layers import geometry, scratch_bytes
+    from targets.mcu.ops import geometry, scratch_bytes
 
     g = geometry("conv1d", (8, 4, 3), (4, 20), stride=(2,), padding=(1,))   # as nn.Conv1d keeps them
     assert (g.stride_w, g.pad_w, g.out_w) == (2, 1, 10)
     assert scratch_bytes(g, "int8") == 3 * 4 + 8
+
+
+def test_the_backend_builds_the_same_layers_as_the_cost_model_prices() -> None:
+    """targets.measure's mcu-qemu backend picks each layer's kernel op and format as the MCU cost
+    model does (costmodels.memory storage formats), with the folded layer's weights."""
+    from costmodels.memory import layer_storage
+    from targets.measure._mcu import plan_layers, storage_formats
+
+    layers, res, folded = _small_reference_folded()
+    assert storage_formats(res) == layer_storage(res, "int8")["fmt"].to_dict()
+    built = plan_layers(folded, res)
+    assert [d["name"] for d in built] == [d["name"] for d in layers]
+    for mine, theirs in zip(built, layers):
+        assert (mine["op"], mine["fmt"]) == (theirs["op"], theirs["fmt"])
+        assert np.array_equal(mine["weight"], theirs["weight"]) and mine["x"].shape == theirs["x"].shape

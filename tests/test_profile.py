@@ -7,7 +7,7 @@ import pytest
 from costmodels.lut import LUTModel
 from hwsearch.graph import analyze
 from hwsearch.core.plan import Plan
-from hwsearch.profile import profile
+from hwsearch.profiling import profile
 from targets.spec import get_target
 
 pytestmark = pytest.mark.slow

@@ -74,7 +74,7 @@ def test_evaluator_scores_the_recalibrated_model_and_it_helps(reference) -> None
     equals the accuracy of the masked model recalibrated on the same batches, and beats the
     stale-statistics accuracy (EagleEye's observation) by a clear margin."""
     import costmodels
-    from hwsearch.search import Evaluator, SearchConfig
+    from hwsearch.searching import Evaluator, SearchConfig
 
     model, data, graph, target = reference
     plan = Plan({"down": LayerChoice("channel", 0.5), "pw": LayerChoice("channel", 0.5)})
@@ -95,14 +95,14 @@ def test_export_ships_the_recalibrated_model_the_evaluator_scored(reference, tmp
     """The bundle's model.pt2 has the accuracy the search's Evaluator gave the plan (so what
     ships is what was chosen), and the manifest says how many batches recalibrated it."""
     import costmodels
-    from hwsearch import export
-    from hwsearch.search import Evaluator, SearchConfig
+    from hwsearch import exporting
+    from hwsearch.searching import Evaluator, SearchConfig
 
     model, data, graph, target = reference
     plan = Plan({"res1": LayerChoice("channel", 0.5), "head": LayerChoice("unstructured", 0.5)})
     ev = Evaluator(graph, data, target, costmodels.default_for(target), SearchConfig(out_dir="unused"))
     acc = ev.accuracy(ev.decisions(plan))
-    m = export.bundle(graph, plan, target, tmp_path / "b", min_density=0.05, compile_artifact=False,
+    m = exporting.bundle(graph, plan, target, tmp_path / "b", min_density=0.05, compile_artifact=False,
                       bn_batches=recalibrate.calibration_batches(data, 8))
     assert m["artifacts"]["bn_recalibration_batches"] == 8
     assert m["artifacts"]["fold_vs_mask_max_abs_err"] < 1e-4

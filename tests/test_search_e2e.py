@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from hwsearch.core import records
-from hwsearch.search import SearchConfig, search
+from hwsearch.searching import SearchConfig, search
 
 pytestmark = pytest.mark.slow
 

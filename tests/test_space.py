@@ -50,7 +50,7 @@ def test_sampling_is_deterministic_and_guard_reported(resdw):
 def test_pick_prefers_plans_with_unmeasured_kernels_within_each_run_of_the_front():
     import pandas as pd
 
-    from hwsearch.search import _pick
+    from hwsearch.searching.picks import pick as _pick
 
     front = pd.DataFrame({"plan_key": list("abcdef"), "accuracy": [0.9, 0.89, 0.88, 0.8, 0.7, 0.6],
                           "plan": [{"l": {"pattern": "channel", "ratio": r}} for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]})

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # a plan's choices are validated against this registry: plan 
     from hwsearch.core.plan import LayerChoice
 
 __all__ = ["Pattern", "StorageBytes", "NMCompressed", "nm_compress", "nm_decompress", "get", "names",
-           "register"]
+           "register", "idx_bytes_array", "ptr_bytes_array"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,30 @@ class StorageBytes:
         return self.values_bytes + self.index_bytes
 
 
+# One threshold set for the scalar and the array forms of the index widths below.
+_IDX_1B_MAX = 256      # column indices up to this count fit 1 byte
+_IDX_2B_MAX = 65536    # ... up to this one 2 bytes, else 4
+_PTR_2B_BELOW = 65536  # row pointers below this value fit 2 bytes, else 4
+
+
 def _idx_bytes(max_value: int) -> int:
-    return 1 if max_value <= 256 else 2 if max_value <= 65536 else 4
+    return 1 if max_value <= _IDX_1B_MAX else 2 if max_value <= _IDX_2B_MAX else 4
 
 
 def _ptr_bytes(max_value: int) -> int:
-    return 2 if max_value < 65536 else 4
+    return 2 if max_value < _PTR_2B_BELOW else 4
+
+
+def idx_bytes_array(max_value: np.ndarray) -> np.ndarray:
+    """Bytes of one column index for ``max_value`` columns, element-wise (int64; the array
+    form of the CSR / BSR index width the scalar :meth:`Pattern.storage` uses)."""
+    v = np.asarray(max_value)
+    return np.where(v <= _IDX_1B_MAX, 1, np.where(v <= _IDX_2B_MAX, 2, 4)).astype(np.int64)
+
+
+def ptr_bytes_array(max_value: np.ndarray) -> np.ndarray:
+    """Bytes of one row pointer whose largest value is ``max_value``, element-wise (int64)."""
+    return np.where(np.asarray(max_value) < _PTR_2B_BELOW, 2, 4).astype(np.int64)
 
 
 def gemm_view(w: torch.Tensor) -> torch.Tensor:
@@ -102,15 +120,37 @@ class Pattern:
     def storage(self, rows: int, cols: int, nnz: int, choice: LayerChoice, dtype_bytes: int) -> StorageBytes:
         return StorageBytes(rows * cols * dtype_bytes, 0, "dense")
 
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        """:meth:`storage`'s ``total_bytes`` element-wise over equal-shaped int arrays (int64).
+        This default calls :meth:`storage` per element, so it is right for any subclass; the
+        built-in patterns override it with numpy arithmetic that gives the same integers."""
+        r, c, z = (np.asarray(a, dtype=np.int64) for a in (rows, cols, nnz))
+        out = [self.storage(int(a), int(b), int(n), choice, dtype_bytes).total_bytes
+               for a, b, n in zip(r.ravel(), c.ravel(), z.ravel())]
+        return np.asarray(out, dtype=np.int64).reshape(r.shape)
+
+
+def _dense_bytes_array(rows: np.ndarray, cols: np.ndarray, dtype_bytes: int) -> np.ndarray:
+    return np.asarray(rows, dtype=np.int64) * np.asarray(cols, dtype=np.int64) * dtype_bytes
+
 
 class Dense(Pattern):
     name = "dense"
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        return _dense_bytes_array(rows, cols, dtype_bytes)
 
 
 class Channel(Pattern):
     """Whole output channels removed through the dependency group (see :mod:`hwsearch.prune`)."""
 
     name = "channel"
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        return _dense_bytes_array(rows, cols, dtype_bytes)
 
 
 class Unstructured(Pattern):
@@ -134,6 +174,13 @@ class Unstructured(Pattern):
         csr = nnz * _idx_bytes(cols) + (rows + 1) * _ptr_bytes(nnz)
         bitmask = math.ceil(rows * cols / 8)
         return StorageBytes(values, csr, "csr") if csr < bitmask else StorageBytes(values, bitmask, "bitmask")
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        r, c, z = (np.asarray(a, dtype=np.int64) for a in (rows, cols, nnz))
+        csr = z * idx_bytes_array(c) + (r + 1) * ptr_bytes_array(z)
+        bitmask = (r * c + 7) // 8
+        return z * dtype_bytes + np.minimum(csr, bitmask)  # csr if csr < bitmask, as storage()
 
 
 class NM(Pattern):
@@ -159,6 +206,12 @@ class NM(Pattern):
         kept = rows * cols * choice.n // choice.m
         bits = max(1, math.ceil(math.log2(choice.m)))
         return StorageBytes(kept * dtype_bytes, math.ceil(kept * bits / 8), "nm")
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        kept = np.asarray(rows, dtype=np.int64) * np.asarray(cols, dtype=np.int64) * choice.n // choice.m
+        bits = max(1, math.ceil(math.log2(choice.m)))
+        return kept * dtype_bytes + (kept * bits + 7) // 8
 
 
 def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -204,6 +257,13 @@ class Block(Pattern):
         kept_blocks = nnz // (bh * bw)
         index = kept_blocks * _idx_bytes(cols // bw) + (rows // bh + 1) * _ptr_bytes(kept_blocks)
         return StorageBytes(nnz * dtype_bytes, index, "bsr")
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        bh, bw = choice.block
+        r, c, z = (np.asarray(a, dtype=np.int64) for a in (rows, cols, nnz))
+        kept_blocks = z // (bh * bw)
+        return z * dtype_bytes + kept_blocks * idx_bytes_array(c // bw) + (r // bh + 1) * ptr_bytes_array(kept_blocks)
 
 
 @dataclass(frozen=True)

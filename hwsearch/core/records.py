@@ -24,12 +24,23 @@ REQUIRED = ("schema_version", "plan_key", "plan", "target", "backend", "mode", "
             "predicted_latency_s", "versions", "date", "error")
 
 
-def append(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one record (validated) as a line; flushed and fsynced so a kill loses nothing."""
-    record = {"schema_version": SCHEMA_VERSION, **record}
+def _stamped(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with this layout's ``schema_version``, validated. A record carrying another
+    version is refused rather than relabelled (a backend result's own layout version belongs in
+    ``result_schema_version``: see :func:`hwsearch.measure.plan_record`)."""
+    if record.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise ValueError(f"measurement record says schema_version {record['schema_version']!r}, records are "
+                         f"version {SCHEMA_VERSION}: keep a result's own version as result_schema_version")
+    record = {**record, "schema_version": SCHEMA_VERSION}
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"measurement record lacks {missing}")
+    return record
+
+
+def append(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record (validated) as a line; flushed and fsynced so a kill loses nothing."""
+    record = _stamped(record)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True, default=str)
@@ -91,11 +102,7 @@ class StudyRecords:
         return [attrs[k] for k in keys]
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = {"schema_version": SCHEMA_VERSION, **record}
-        missing = [k for k in REQUIRED if k not in record]
-        if missing:
-            raise ValueError(f"measurement record lacks {missing}")
-        record = json.loads(json.dumps(record, default=str))  # what the storage will hold
+        record = json.loads(json.dumps(_stamped(record), default=str))  # what the storage will hold
         n = len([k for k in self.study.user_attrs if k.startswith("m:")])
         self.study.set_user_attr(f"m:{n:06d}:{self.worker}", record)
         if self.mirror is not None:

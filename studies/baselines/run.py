@@ -5,14 +5,14 @@ On the reference model (``hwsearch.zoo:mnist1d_cnn``, MNIST-1D) and the ``host-x
 1. measure, back to back, the dense model, uniformly channel-pruned plans (25 %, 50 %) and a
    few random channel plans, and refit the roofline cost model on them (``fit_cost_model``):
    this one model prices the candidates of every method, so they are compared on equal terms;
-2. run the hwsearch loop once per budget, the budget a hard constraint (``hwsearch.search.search``:
+2. run the hwsearch loop once per budget, the budget a hard constraint (``hwsearch.search``:
    2 rounds × 150 trials, one Pareto plan measured per round), starting from that model and
    sharing the study's TVM schedule database;
 3. produce candidates: every trial plan of the search; :func:`hwsearch.baselines.uniform`
    channel pruning at ratios 0.05…0.90; :func:`~hwsearch.baselines.global_magnitude` at
    sparsities 0.1…0.9; :func:`~hwsearch.baselines.netadapt` down to the tighter budget;
    :func:`~hwsearch.baselines.random_search` in the search's space with as many plans as the
-   search scored — all scored by the search's :class:`~hwsearch.search.Evaluator` (masked
+   search scored — all scored by the search's :class:`~hwsearch.searching.Evaluator` (masked
    weights, BatchNorm recalibrated, validation accuracy; no fine-tuning);
 4. for each budget *b* (70 % and 50 % of the dense latency) and method, shortlist the most
    accurate plan whose *predicted* latency is at most *b* × (1 − margin) × the predicted dense
@@ -58,7 +58,7 @@ from hwsearch import baselines, prune, zoo
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model, plan_record, versions
 from hwsearch.core.plan import Plan
-from hwsearch.search import Evaluator, SearchConfig, config_key, fit_cost_model, open_storage, search
+from hwsearch.searching import Evaluator, SearchConfig, config_key, fit_cost_model, open_storage, search
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 

@@ -9,7 +9,7 @@ digits upsampled to 3×32×32, ``hwsearch.zoo2d``):
    then TVM tuned by MetaSchedule (``--tvm-trials``, its own process: the tuning minutes are
    recorded), then ONNX Runtime again: TVM's ratio is to the mean of the two ONNX Runtime
    sittings around it.
-2. **Search** per budget in the fastest runtime (``hwsearch.search.search``, the budget a hard
+2. **Search** per budget in the fastest runtime (``hwsearch.search``, the budget a hard
    constraint: rounds of Optuna trials priced by the cost model, the picks measured against the
    dense model in interleaved sittings, refit).
 3. **Candidates** of every method scored by the search's ``Evaluator`` (validation accuracy
@@ -22,7 +22,7 @@ digits upsampled to 3×32×32, ``hwsearch.zoo2d``):
    torch (3 fresh processes each). A method's pick is its most accurate shortlisted plan whose
    *measured* speed-up over the dense model in the fastest runtime is at least 1/*b*; each
    pick is also fine-tuned (``--finetune-steps``) and its accuracy reported beside.
-5. **Ship.** The search's pick at each budget is exported (``hwsearch.export.bundle``, BatchNorm
+5. **Ship.** The search's pick at each budget is exported (``hwsearch.exporting.bundle``, BatchNorm
    recalibrated and fine-tuned as in 4) and the shipped ``model.onnx`` is timed against the
    dense ``model.onnx`` in one sitting; the shipped model's accuracy is evaluated.
 
@@ -50,12 +50,12 @@ import optuna
 import pandas as pd
 
 from costmodels.batch import BatchPricer
-from hwsearch import baselines, deploy, export, prune, recalibrate, zoo
+from hwsearch import baselines, deploy, exporting, prune, recalibrate, zoo
 from hwsearch.core import records
 from hwsearch.graph import analyze
 from hwsearch.measure import measure_model
 from hwsearch.core.plan import Plan
-from hwsearch.search import Evaluator, SearchConfig, fit_cost_model, open_storage, search
+from hwsearch.searching import Evaluator, SearchConfig, fit_cost_model, open_storage, search
 from targets.runtimes import SittingConfig, measure_sitting, runtime_versions
 from targets.spec import get_target
 
@@ -226,10 +226,10 @@ def run_model(name: str, args, work: Path) -> tuple[list[dict], list[dict], dict
             plan = Plan.from_dict(next(p for k, p in zip(cands.plan_key, cands.plan) if k == pick["plan_key"]))
             bn = recalibrate.calibration_batches(data, cfg.bn_recalibration) if recalibrate.has_batchnorm(model) else None
             bdir = work / name / f"export-{int(frac * 100)}"
-            export.bundle(graph, plan, target, bdir, channel_multiple=cfg.channel_multiple,
+            exporting.bundle(graph, plan, target, bdir, channel_multiple=cfg.channel_multiple,
                           min_density=cfg.min_density, bn_batches=bn, finetune_data=data,
                           finetune_steps=args.finetune_steps)
-            export.bundle(graph, Plan(), target, work / name / "export-dense", channel_multiple=cfg.channel_multiple)
+            exporting.bundle(graph, Plan(), target, work / name / "export-dense", channel_multiple=cfg.channel_multiple)
             ship = measure_sitting({"dense": work / name / "export-dense" / "model.onnx", "pick": bdir / "model.onnx"},
                                    graph.example_inputs, work_dir=work / name / f"ship-{int(frac * 100)}",
                                    runtimes=("onnxruntime",), reference="dense",
@@ -308,7 +308,7 @@ def write_readme(res: pd.DataFrame, infos: list[dict], prov: dict, path: Path) -
               "is at least 1/budget. Accuracy: validation accuracy after BatchNorm recalibration (what the search "
               "scores), and after a short fine-tune of the folded plan (what a user ships; "
               f"{prov.get('finetune_steps', 0)} steps, Adam 1e-3). Shipped: the search's pick exported "
-              "(`hwsearch.export.bundle`, fine-tuned) and its `model.onnx` timed against the dense `model.onnx`.",
+              "(`hwsearch.exporting.bundle`, fine-tuned) and its `model.onnx` timed against the dense `model.onnx`.",
               "",
               "| model | budget | method | plan | acc. (drop pts) | acc. fine-tuned (drop) | speed-up ORT [95% CI] | "
               "speed-up torch | shipped ONNX speed-up [95% CI] |",

@@ -28,7 +28,7 @@ import optuna
 import pandas as pd
 
 import costmodels
-from costmodels.analytical import Sample
+from costmodels.base import Sample
 from costmodels.base import fidelity
 from costmodels.lut import LUTModel
 from hwsearch import prune, zoo
@@ -36,7 +36,7 @@ from hwsearch.graph import analyze
 from hwsearch.measure import measure_model
 from hwsearch.core.plan import Plan
 from hwsearch.core.resolve import resolve
-from hwsearch.profile import profile
+from hwsearch.profiling import profile
 from hwsearch.space import SearchSpace
 from targets.spec import get_target
 

@@ -144,7 +144,8 @@ def reference_layers(widths: tuple[int, ...] = (32, 8), ratios: tuple[float, ...
     also as a height-1 ``dwconv2d``."""
     import torch
 
-    from costmodels.mcu_cost import layer_shape, mcu_op
+    from costmodels.mcu_cost import layer_shape
+    from targets.mcu.ops import mcu_op
     from hwsearch.graph import analyze
     from hwsearch.core.plan import LayerChoice, Plan
     from hwsearch.core.resolve import resolve

@@ -4,7 +4,7 @@ and the chosen plans measured in the emulator.
 1. Prices the dense int8 reference model with the ``mcu`` cost model and checks the budgets
    exclude it (the dense model fits the real STM32F746 — 1 MiB flash, 320 KiB SRAM — by far, so
    the budgets are a small slice of it, as for a model sharing the chip with an application).
-2. Runs ``hwsearch.search.search`` (the Python API of ``hwsearch search``) on target
+2. Runs ``hwsearch.search`` (the Python API of ``hwsearch search``) on target
    ``cortex-m7`` with patterns dense, unstructured, channel, N:M and block, 2 rounds. The search
    itself measures the dense model and the Pareto picks of every round with the target's backend
    (``mcu-qemu``: each folded layer in QEMU) and refits the instruction model between rounds.
@@ -45,7 +45,7 @@ log = logging.getLogger("mcu_search")
 
 def _layer_dicts(folded: torch.nn.Module, resolved: pd.DataFrame, example: torch.Tensor) -> list[dict]:
     """The folded layers as :func:`measure_plan_layers` takes them, each fed its real input."""
-    from costmodels.mcu_cost import mcu_fmt, mcu_op
+    from targets.mcu.ops import mcu_fmt, mcu_op
     from costmodels.memory import layer_storage
 
     storage = layer_storage(resolved, "int8")
@@ -269,7 +269,7 @@ def write_readme(path: Path, args, dense: dict, plans: pd.DataFrame, layers: pd.
         "# Search on the Cortex-M7 under flash and SRAM budgets", "",
         f"Command: `python studies/mcu_search/run.py` (search {search_s:.0f} s, analysis {analyse_s:.0f} s on this "
         f"machine, 2 cores shared with other jobs; `--reuse` re-analyses a finished search). Search: "
-        f"`hwsearch.search.search(SearchConfig(target={args.target!r}, patterns={args.patterns!r}, rounds={args.rounds}, "
+        f"`hwsearch.search(SearchConfig(target={args.target!r}, patterns={args.patterns!r}, rounds={args.rounds}, "
         f"trials={args.trials}, measure_top_k={args.top_k}, finetune_steps={args.finetune_steps}, "
         f"max_accuracy_drop={args.max_accuracy_drop}, flash_budget_bytes={int(args.flash_budget_kb * 1024)}, "
         f"sram_budget_bytes={int(args.sram_budget_kb * 1024)}, seed={args.seed}))` — the same as `hwsearch search "
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwsearch.core import records
     from hwsearch.graph import analyze
     from hwsearch.core.plan import Plan
-    from hwsearch.search import SearchConfig, search
+    from hwsearch.searching import SearchConfig, search
     from targets import mcu
     from targets.spec import get_target
 

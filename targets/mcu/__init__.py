@@ -2,7 +2,8 @@
 (Cortex-M4 on ``mps2-an386``, Cortex-M7 on ``mps2-an500``) with exact executed-instruction counts.
 
 QEMU has no timing model: the counts are instructions, not cycles. Convert to time only through a
-stated CPI (``costmodels.mcu``). See ``kernels/hw_kernels.h`` for layouts and weight formats.
+stated CPI (``costmodels.mcu``). See ``kernels/hw_kernels.h`` for layouts and weight formats. A folded
+plan is measured behind the backend contract by ``targets.measure`` (``mcu-qemu``).
 
 Public API::
 
@@ -12,6 +13,7 @@ Public API::
         -> list[McuLayerMeasurement]      # the folded layers of a plan (targets.mcu.plan)
     codegen.export_graph(model, example_input, out_dir, *, dtype="int8", formats=None)
         -> ExportResult                    # a whole model as C; codegen.build(dir, cpu, run=True)
+    ops.mcu_op(row), ops.mcu_fmt(pattern, storage_fmt)  # a layer-table row in the kernels' terms
     available() -> str | None          # None when the toolchain and emulator are installed
     format_bytes(fmt, rows, cols, ...) # hand count of a format's weight bytes
     prune_to_format(op, weight, fmt, density, ...)  # magnitude pruning in the kernels' view

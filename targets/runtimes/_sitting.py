@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.core.errors import SpecError
 from targets.tvm._errors import one_line  # torch-style messages: the first line (imports no TVM)
 
 __all__ = ["RUNTIMES", "SittingConfig", "SittingResult", "export_onnx", "measure_sitting", "median_ci",
@@ -108,7 +109,7 @@ class SittingResult:
     def from_dict(cls, data: Mapping[str, Any]) -> SittingResult:
         ver = data.get("sitting_schema_version", SCHEMA_VERSION)
         if ver != SCHEMA_VERSION:
-            raise ValueError(f"sitting record schema_version {ver!r} is not {SCHEMA_VERSION}: re-measure it")
+            raise SpecError(f"sitting record schema_version {ver!r} is not {SCHEMA_VERSION}: re-measure it")
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in names})
 

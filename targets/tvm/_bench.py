@@ -58,9 +58,9 @@ def _torch_eager(model: torch.nn.Module, x: torch.Tensor, repeat: int = 20) -> f
 
 
 def _untuned(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    from . import EvaluatorConfig, default_target
     from ._compile import compile_model, make_target
-    from ._env import cpu_model
+    from ._config import EvaluatorConfig
+    from ._env import cpu_model, default_target
     from ._import import export_model, import_exported
     from ._timing import LocalDevice, time_model
 
@@ -75,7 +75,7 @@ def _untuned(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
-    from . import measure
+    from ._measure import measure
 
     parser = argparse.ArgumentParser(prog="python -m targets.tvm._bench")
     parser.add_argument("--work-dir", type=Path, required=True)

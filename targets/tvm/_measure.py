@@ -116,6 +116,31 @@ def measure_exported(
         shutil.rmtree(upload_dir, ignore_errors=True)
 
 
+class _Progress:
+    """The running state of one measurement: the stage (logged with its duration), the seconds
+    spent scheduling and compiling, the notes, and how a failure becomes a record."""
+
+    def __init__(self, mode: str, rpc: RPCConfig | None, tvm_target: dict[str, Any],
+                 evaluator: EvaluatorConfig) -> None:
+        self.mode, self.rpc, self.tvm_target, self.evaluator = mode, rpc, tvm_target, evaluator
+        self.tune_s = 0.0
+        self.build_s = 0.0
+        self.notes: list[str] = []
+        self.stage = "setup"
+        self._clock = time.perf_counter()
+
+    def enter(self, name: str) -> None:
+        now = time.perf_counter()
+        logger.info("measure: %s done in %.2f s; %s", self.stage, now - self._clock, name)
+        self._clock = now
+        self.stage = name
+
+    def fail(self, error: str) -> MeasureResult:
+        return _error_record(error, mode=self.mode, rpc=self.rpc, target=self.tvm_target,
+                             evaluator=self.evaluator, tune_s=self.tune_s, build_s=self.build_s,
+                             notes=self.notes)
+
+
 def _measure_exported(
     exported_program: Any,
     inputs: Sequence[np.ndarray],
@@ -134,118 +159,131 @@ def _measure_exported(
 ) -> MeasureResult:
     """:func:`measure_exported`, with RPC uploads going to ``upload_dir``."""
     from ._compile import compile_model, fuse, make_target, tuning_tasks
-    from ._database import database_lock, has_record, open_database
-    from ._env import cpu_model
     from ._import import import_exported
-    from ._quick import sample_schedules
-    from ._timing import LocalDevice, time_kernels, time_model
-    from ._tune import tune_tasks
+    from ._timing import time_kernels, time_model
 
-    tune_s = 0.0
-    build_s = 0.0
-    notes: list[str] = []
-    stage = "setup"
-    clock = [time.perf_counter()]
-
-    def enter(name: str) -> str:
-        now = time.perf_counter()
-        logger.info("measure: %s done in %.2f s; %s", stage, now - clock[0], name)
-        clock[0] = now
-        return name
-
-    def fail(error: str) -> MeasureResult:
-        return _error_record(error, mode=mode, rpc=rpc, target=tvm_target, evaluator=evaluator,
-                             tune_s=tune_s, build_s=build_s, notes=notes)
-
+    run = _Progress(mode, rpc, tvm_target, evaluator)
     try:
-        stage = enter("target")
+        run.enter("target")
         target = make_target(tvm_target)
         if rpc is None:
             _check_runnable_here(target)
-        stage = enter("relax import")
+        run.enter("relax import")
         imported = import_exported(exported_program)
-        stage = enter("task extraction")
+        run.enter("task extraction")
         tasks = tuning_tasks(fuse(imported.mod, target), target)
-        device: Any = None
-
-        def open_device() -> Any:
-            # Opened lazily: MetaSchedule's RPC runner needs the tracker's server for itself
-            # while tuning, and a session held here would starve it.
-            if rpc is None:
-                return LocalDevice(cpu_model())
-            from ._rpc import connect
-
-            return connect(rpc, upload_dir)
-
-        stage = enter("scheduling")
-        with database_lock(work_dir):
-            database = open_database(work_dir)
-            missing = [t for t in tasks if not has_record(database, t.dispatched[0], target)]
-            reused = len(tasks) - len(missing)
-            t0 = time.perf_counter()
-            if mode == "tuned" and missing:
-                report = tune_tasks(missing, target, database, work_dir, trials=trials, seed=seed,
-                                    rpc=rpc)
-                notes.append(f"tuned {len(missing)} kernel(s) with {trials} trials "
-                             f"(cost model {report.cost_model}) in {report.seconds:.0f} s")
-                missing = [t for t in missing if not has_record(database, t.dispatched[0], target)]
-                if missing:
-                    notes.append(
-                        "tuner left without a valid schedule, filled by quick sampling "
-                        f"(best of {samples}): " + ", ".join(t.task_name for t in missing))
-            if missing:
-                device = open_device()
-                sampled = sample_schedules(missing, target, database, device, samples=samples,
-                                           seed=seed)
-                if mode == "quick":
-                    notes.append(f"quick: sampled {len(sampled.sampled)} kernel(s), best of "
-                                 f"{samples}, in {sampled.seconds:.0f} s")
-                for name, reason in sampled.failed.items():
-                    notes.append(f"sampling {name} failed: {reason}")
-            if reused:
-                notes.append(f"{reused} of {len(tasks)} kernel(s) reused from the tuning database")
-            tune_s = time.perf_counter() - t0
-        stage = enter("compile")
+        opener = _DeviceOpener(rpc, upload_dir)
+        run.enter("scheduling")
+        database, device = _schedule(run, tasks, target, work_dir, trials=trials, samples=samples, seed=seed,
+                                     opener=opener)
+        run.enter("compile")
         compiled = compile_model(imported, target, database)
-        build_s = compiled.build_s
+        run.build_s = compiled.build_s
         if compiled.unscheduled:
-            return fail(
+            return run.fail(
                 f"{len(compiled.unscheduled)} kernel(s) have no schedule in the tuning database "
                 f"({', '.join(compiled.unscheduled)}); default TVM code is not reported as a "
                 "latency — the notes say why scheduling them failed"
             )
-        stage = enter("device")
+        run.enter("device")
         if device is None:
-            device = open_device()
-        stage = enter("run")
+            device = opener()
+        run.enter("run")
         stats, outputs = time_model(compiled.executable, device, inputs, evaluator)
         max_abs_err = _compare(outputs, reference)
-        if max_abs_err is not None and reference:
-            scale = max(1.0, max(float(np.max(np.abs(r))) if r.size else 0.0 for r in reference))
-            if not np.isfinite(max_abs_err) or max_abs_err > OUTPUT_TOLERANCE * scale:
-                rec = fail(
-                    f"TVM outputs differ from torch by {max_abs_err:.3g} (tolerance "
-                    f"{OUTPUT_TOLERANCE * scale:.3g}) — a miscompilation; report the model"
-                )
-                return _replace(rec, max_abs_err=max_abs_err)
+        mismatch = _mismatch(max_abs_err, reference)
+        if mismatch:
+            return _replace(run.fail(mismatch), max_abs_err=max_abs_err)
         layers: tuple[LayerTiming, ...] = ()
         if per_layer:
-            stage = enter("per-layer timing")
+            run.enter("per-layer timing")
             layers = time_kernels(compiled.calls, target, device, evaluator)
     except TVMBackendError as exc:
-        return fail(str(exc))
+        return run.fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a measurement failure is a record
-        logger.exception("measure failed during %s", stage)
-        return fail(f"{stage} failed: {one_line(exc)}")
+        logger.exception("measure failed during %s", run.stage)
+        return run.fail(f"{run.stage} failed: {one_line(exc)}")
 
-    enter("record")
+    run.enter("record")
     fields = _base(mode, device.backend, device.description, tvm_target, evaluator)
     fields.update(
         latency_s=stats.median_s, latency_iqr_s=stats.iqr_s, latency_min_s=stats.min_s,
-        latency_max_s=stats.max_s, repeats=stats.repeats, layers=layers, tune_s=tune_s,
-        build_s=build_s,
+        latency_max_s=stats.max_s, repeats=stats.repeats, layers=layers, tune_s=run.tune_s,
+        build_s=run.build_s,
     )
-    return MeasureResult(**fields, max_abs_err=max_abs_err, notes=tuple(notes))
+    return MeasureResult(**fields, max_abs_err=max_abs_err, notes=tuple(run.notes))
+
+
+class _DeviceOpener:
+    """Opens the device to time on: this CPU, or an RPC session (uploads in ``upload_dir``).
+
+    Opened lazily: MetaSchedule's RPC runner needs the tracker's server for itself while
+    tuning, and a session held here would starve it."""
+
+    def __init__(self, rpc: RPCConfig | None, upload_dir: Path) -> None:
+        self.rpc, self.upload_dir = rpc, upload_dir
+
+    def __call__(self) -> Any:
+        if self.rpc is None:
+            from ._env import cpu_model
+            from ._timing import LocalDevice
+
+            return LocalDevice(cpu_model())
+        from ._rpc import connect
+
+        return connect(self.rpc, self.upload_dir)
+
+
+def _schedule(run: _Progress, tasks: Sequence[Any], target: Any, work_dir: Path, *, trials: int, samples: int,
+              seed: int, opener: _DeviceOpener) -> tuple[Any, Any]:
+    """Under the tuning-database lock, give every task without a record a schedule: tuned
+    (``run.mode == "tuned"``; what the tuner leaves is then sampled) or sampled. Adds notes and
+    ``run.tune_s``; returns the database and the device when sampling opened one (else None)."""
+    from ._database import database_lock, has_record, open_database
+    from ._quick import sample_schedules
+    from ._tune import tune_tasks
+
+    device = None
+    notes = run.notes
+    with database_lock(work_dir):
+        database = open_database(work_dir)
+        missing = [t for t in tasks if not has_record(database, t.dispatched[0], target)]
+        reused = len(tasks) - len(missing)
+        t0 = time.perf_counter()
+        if run.mode == "tuned" and missing:
+            report = tune_tasks(missing, target, database, work_dir, trials=trials, seed=seed,
+                                rpc=run.rpc)
+            notes.append(f"tuned {len(missing)} kernel(s) with {trials} trials "
+                         f"(cost model {report.cost_model}) in {report.seconds:.0f} s")
+            missing = [t for t in missing if not has_record(database, t.dispatched[0], target)]
+            if missing:
+                notes.append(
+                    "tuner left without a valid schedule, filled by quick sampling "
+                    f"(best of {samples}): " + ", ".join(t.task_name for t in missing))
+        if missing:
+            device = opener()
+            sampled = sample_schedules(missing, target, database, device, samples=samples,
+                                       seed=seed)
+            if run.mode == "quick":
+                notes.append(f"quick: sampled {len(sampled.sampled)} kernel(s), best of "
+                             f"{samples}, in {sampled.seconds:.0f} s")
+            for name, reason in sampled.failed.items():
+                notes.append(f"sampling {name} failed: {reason}")
+        if reused:
+            notes.append(f"{reused} of {len(tasks)} kernel(s) reused from the tuning database")
+        run.tune_s = time.perf_counter() - t0
+    return database, device
+
+
+def _mismatch(max_abs_err: float | None, reference: Sequence[np.ndarray] | None) -> str | None:
+    """The error when TVM's outputs differ from torch's beyond :data:`OUTPUT_TOLERANCE`."""
+    if max_abs_err is None or not reference:
+        return None
+    scale = max(1.0, max(float(np.max(np.abs(r))) if r.size else 0.0 for r in reference))
+    if not np.isfinite(max_abs_err) or max_abs_err > OUTPUT_TOLERANCE * scale:
+        return (f"TVM outputs differ from torch by {max_abs_err:.3g} (tolerance "
+                f"{OUTPUT_TOLERANCE * scale:.3g}) — a miscompilation; report the model")
+    return None
 
 
 def _replace(record: MeasureResult, **changes: Any) -> MeasureResult:

@@ -26,6 +26,7 @@ from hwsearch.core.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
 from hwsearch.core.plan import Plan
+from hwsearch.searching.summary import SearchSummary
 from targets.runtimes import export_onnx
 
 __all__ = ["MANIFEST_SCHEMA_VERSION", "NoPlanWithinDrop", "candidate_line", "pick_plan", "from_search", "bundle",
@@ -121,17 +122,13 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
 
     say = progress or (lambda msg: log.info(msg))
     search_dir = Path(search_dir)
-    summary_path = search_dir / "summary.json"
-    if not summary_path.exists():
-        raise StoreError(f"{summary_path} not found: give --from the output directory of `hwsearch search`")
-    summary = json.loads(summary_path.read_text())
-    cfg = summary.get("config", {})
+    summary = SearchSummary.load(search_dir)
+    cfg = summary.config
     rec = pick_plan(search_dir, plan_key=plan_key, max_drop=max_drop)
     plan = Plan.from_dict(rec["plan"])
     spec = get_target(target or cfg.get("target", "host-x86"))
-    runtime = (summary.get("deployment") or {}).get("runtime")
-    if target is None and runtime and spec.runtime != runtime:
-        spec = spec.with_runtime(runtime)  # ship in the runtime the search measured
+    if target is None and summary.runtime and spec.runtime != summary.runtime:
+        spec = spec.with_runtime(summary.runtime)  # ship in the runtime the search measured
     model, example = zoo.load_model(cfg.get("model", zoo.REFERENCE[0]))
     data = None
     n_bn = int(cfg.get("bn_recalibration", 0))  # what the search scored the plan with
@@ -146,8 +143,8 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     say(f"exporting plan {plan.key} ({plan.compact()}; accuracy {_fmt_accuracy(rec)}, measured "
         f"{rec['latency_s'] * 1e6:.1f} µs) for {spec.identity} to {out}")
     cm = None
-    if (search_dir / "costmodel.json").exists() and spec.identity == summary.get("target"):
-        cm = costmodels.CostModel.load(search_dir / "costmodel.json", spec)
+    if (search_dir / "costmodel.json").exists() and spec.identity == summary.target:
+        cm = costmodels.load(search_dir / "costmodel.json", spec)
     manifest = bundle(graph, plan, spec, out, channel_multiple=int(cfg.get("channel_multiple", 8)),
                       min_density=float(cfg.get("min_density", 0.0)), criterion=cfg.get("criterion", "magnitude"),
                       record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
@@ -414,7 +411,7 @@ def _run_tvm(path: Path, x: np.ndarray, manifest: dict) -> np.ndarray | str:
 def _export_mcu(folded: torch.nn.Module, graph: ModelGraph, dec: prune.Decisions, target: Any, out: Path) -> dict:
     """C sources for a Cortex-M target: kernels, weights in each layer's format, buffer plan."""
     from costmodels.memory import layer_storage
-    from costmodels.mcu_cost import mcu_fmt
+    from targets.mcu.ops import mcu_fmt
     from targets.mcu import codegen
 
     res = dec.resolved

@@ -15,7 +15,9 @@ cost model (:mod:`costmodels.lut`).
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,40 @@ def plot_profile(df: pd.DataFrame, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def profile_target(target: str | Any, *, out: Path, model: str | None = None, data: str | None = None,
+                   ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75),
+                   patterns: tuple[str, ...] = ("dense", "channel", "unstructured"), channel_multiple: int = 8,
+                   mode: str | None = None, samples: int = 8, repeats: int = 10,
+                   progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Profile a target (``hwsearch profile``): :func:`profile` of ``model`` (``module:function``;
+    default the reference model) written to ``out`` as ``profile.csv``, ``profile.json`` (the
+    dense latency, overhead and provenance), ``profile.png`` and a lookup-table cost model
+    ``costmodel-lut.json`` for ``--costmodel``. Returns the table and the files written."""
+    from costmodels.lut import LUTModel
+    from hwsearch import zoo
+    from hwsearch.graph import analyze
+    from targets.spec import get_target
+
+    say = progress or (lambda msg: log.info(msg))
+    if any(not 0.0 <= r < 1.0 for r in ratios):
+        raise PlanError(f"ratios {list(ratios)} out of range: each ratio removed must be in [0, 1)")
+    spec = get_target(target) if isinstance(target, str) else target
+    name = model or zoo.REFERENCE[0]
+    net, example = zoo.load_model(name)
+    if example is None:
+        example = zoo.load_data(data or zoo.REFERENCE[1]).example_input
+    graph = analyze(net, example)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"profiling {len(graph.table)} layers of {name} on {spec.identity} ...")
+    df = profile(graph, spec, work_dir=out / "tvm", ratios=tuple(ratios), patterns=tuple(patterns),
+                 channel_multiple=channel_multiple, mode=mode, samples=samples, repeats=repeats)
+    files = {"profile_csv": out / "profile.csv", "profile_json": out / "profile.json",
+             "profile_png": out / "profile.png", "costmodel": out / "costmodel-lut.json"}
+    df.to_csv(files["profile_csv"], index=False)
+    files["profile_json"].write_text(json.dumps(df.attrs, indent=2, default=str))
+    plot_profile(df, files["profile_png"], f"{spec.identity}: per-layer latency")
+    LUTModel.from_profile(spec, df).save(files["costmodel"])
+    return df, files
