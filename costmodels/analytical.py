@@ -24,6 +24,18 @@ wherever that kernel appears again (nn-Meter's kernel-level view; ``correction``
 kernel never measured). The model-level overhead and the glue term are fitted (NNLS) on what
 measured totals leave after the layers: adds, activations and pooling shrink with the kept
 channels.
+
+Compute ops without a layer row (``ModelGraph.ops``: attention, matmul, embedding, norm, softmax;
+:mod:`costmodels.ops`) are priced on the same roofline, with the same peak, bandwidths and dtype
+scaling of bytes as the layers::
+
+    op_s = op_scale[kind] · max(FLOPs / (2 · peak_MACs_per_s), bytes_moved / bandwidth_Bps)
+
+with FLOPs = 2 · MACs + the other FLOPs of norms and softmax (embedding: none, so bytes alone),
+bytes_moved = bytes read + written, both times the kept fraction of the op's input channel
+group. A decode step (one query token against a KV cache) is memory-bound by this formula alone;
+a long prefill is compute-bound. ``op_scale`` starts at 1 and is refitted per op kind on measured
+totals (see :meth:`RooflineModel.refit`), as the glue term is.
 """
 from __future__ import annotations
 
@@ -38,18 +50,23 @@ from scipy.optimize import nnls
 from costmodels.base import BatchLatency, CostModel, CostModelFileError, FitReport, PlanArrays, Sample
 from costmodels.kernels import kernel_correction, kernel_density, kernel_keys, static_signature
 from costmodels.memory import DTYPE_BYTES
+from costmodels.ops import OP_KINDS, op_gaps, op_table, op_work
 
 __all__ = ["RooflineModel", "KINDS"]
 
 KINDS = ("conv", "depthwise", "grouped", "linear")
 _MIN_ROWS_PER_KIND = 3
 # Methods whose override makes price_batch give up (it re-implements them array-wise).
-_PRICED_BY_BATCH = ("predict", "features", "layer_latency", "model_overhead_s")
+_PRICED_BY_BATCH = ("predict", "features", "layer_latency", "model_overhead_s", "op_latency")
 
 
 class RooflineModel(CostModel):
+    """Roofline latency per layer and per op, refit from measurements (see the module docstring).
+    Prices every op kind (``priced_op_kinds`` = :data:`costmodels.ops.OP_KINDS`)."""
+
     kind = "roofline"
     version = 1
+    priced_op_kinds = frozenset(OP_KINDS)
 
     def __init__(self, target: Any, dtype: str = "fp32") -> None:
         super().__init__(target)
@@ -70,6 +87,7 @@ class RooflineModel(CostModel):
         self.overhead_model = t.figure("compute", "overhead_model_s")
         self.glue_per_byte = 0.0
         self.corrections: dict[str, float] = {}
+        self.op_scale: dict[str, float] = {k: 1.0 for k in OP_KINDS}
         self.provenance.update(relative_std=0.5, source="analytical prior from " + t.identity)
 
     # ---- prediction ----------------------------------------------------------------------------
@@ -84,10 +102,37 @@ class RooflineModel(CostModel):
         ex_b = resolved["dtype_bytes"].to_numpy(dtype=float)
         act = (resolved["act_in_bytes_kept"].to_numpy(dtype=float) + resolved["act_out_bytes_kept"].to_numpy(dtype=float)) * b / ex_b
         nbytes = wbytes + act
-        bw = np.where((nbytes <= self.cache_bytes) & (self.cache_bw is not None), self.cache_bw or self.dram_bw, self.dram_bw)
-        roof = np.maximum(macs / self.peak_macs_s, nbytes / bw)
+        roof = np.maximum(macs / self.peak_macs_s, nbytes / self._bandwidth(nbytes))
         return pd.DataFrame({"kind": resolved["kind"].to_numpy(), "macs_eff": macs, "bytes": nbytes,
                              "roofline_s": roof, "accelerated": accel}, index=resolved.index)
+
+    def _bandwidth(self, nbytes: np.ndarray) -> np.ndarray:
+        """Bytes per second for a working set of ``nbytes``: the cache's when it fits ``sram_bytes``
+        (and the spec gives a cache bandwidth), else DRAM's."""
+        return np.where((nbytes <= self.cache_bytes) & (self.cache_bw is not None), self.cache_bw or self.dram_bw,
+                        self.dram_bw)
+
+    def op_features(self, ops: pd.DataFrame, kept: np.ndarray | None = None,
+                    example_bytes: float = 4.0) -> pd.DataFrame:
+        """Per op row (``ModelGraph.ops``) under a plan keeping ``kept`` of it (default: all):
+        ``flops``, ``bytes`` (in this model's dtype), ``compute_s`` (FLOPs at peak), ``memory_s``
+        (bytes at the bandwidth their size gets), ``roofline_s`` (the larger) and ``bound``
+        ("compute" or "memory"); ``example_bytes``: bytes per element the op table counts in."""
+        kept = np.ones(len(ops)) if kept is None else np.asarray(kept, dtype=float)
+        flops, nbytes = op_work(ops, kept, DTYPE_BYTES[self.dtype] / example_bytes)
+        compute_s, memory_s = flops / (2.0 * self.peak_macs_s), nbytes / self._bandwidth(nbytes)
+        return pd.DataFrame({"kind": ops["kind"].to_numpy(), "flops": flops, "bytes": nbytes, "compute_s": compute_s,
+                             "memory_s": memory_s, "roofline_s": np.maximum(compute_s, memory_s),
+                             "bound": np.where(compute_s >= memory_s, "compute", "memory")}, index=ops.index)
+
+    def op_latency(self, ops: pd.DataFrame, kept: np.ndarray, example_bytes: float) -> np.ndarray:
+        """``op_scale[kind] · max(FLOPs / peak FLOP/s, bytes / bandwidth)`` per op row (see
+        :meth:`CostModel.op_latency`; ``kept`` of shape ``(O,)`` or ``(P, O)``)."""
+        flops, nbytes = op_work(ops, kept, DTYPE_BYTES[self.dtype] / example_bytes)
+        roof = np.maximum(flops / (2.0 * self.peak_macs_s), nbytes / self._bandwidth(nbytes))
+        scale = np.array([self.op_scale.get(k, math.nan) if k in self.priced_op_kinds else math.nan
+                          for k in ops["kind"]], dtype=float)
+        return roof * scale
 
     def signatures(self, resolved: pd.DataFrame) -> list[str]:
         """:func:`costmodels.kernels.kernel_key` of every layer of a resolved plan."""
@@ -132,7 +177,13 @@ class RooflineModel(CostModel):
         if self.glue_per_byte:
             latency = latency + self.glue_per_byte * arrays.act_out_bytes_kept.sum(axis=1)
         gaps = tuple(layer for layer, kind in zip(arrays.layers, arrays.kind) if kind not in self.scale)
-        return BatchLatency(layer_latency_s=lat, latency_s=latency, coverage_gaps=gaps)
+        ops = op_table(arrays)
+        if not len(ops):
+            return BatchLatency(layer_latency_s=lat, latency_s=latency, coverage_gaps=gaps)
+        op_lat = self.op_latency(ops, arrays.op_frac, float(arrays.example_bytes[0]))
+        return BatchLatency(layer_latency_s=lat, latency_s=latency + np.nansum(op_lat, axis=1),
+                            coverage_gaps=gaps + tuple(op_gaps(ops, self.priced_op_kinds, op_lat)),
+                            op_latency_s=op_lat)
 
     def _batch_roofline(self, a: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
         """``P × L`` roofline seconds (:meth:`features`) and where an accelerated weight pattern
@@ -148,9 +199,7 @@ class RooflineModel(CostModel):
             wbytes[sped] = a.nnz[sped].astype(float) * b
         act = (a.act_in_bytes_kept + a.act_out_bytes_kept) * b / a.example_bytes[None, :]
         nbytes = wbytes + act
-        bw = np.where((nbytes <= self.cache_bytes) & (self.cache_bw is not None), self.cache_bw or self.dram_bw,
-                      self.dram_bw)
-        return np.maximum(macs_eff / self.peak_macs_s, nbytes / bw), sped
+        return np.maximum(macs_eff / self.peak_macs_s, nbytes / self._bandwidth(nbytes)), sped
 
     def _batch_corrections(self, a: PlanArrays, density: np.ndarray) -> np.ndarray:
         """Per plan and layer, :func:`kernel_correction` of its kernel (``density`` < 0 where the
@@ -174,7 +223,7 @@ class RooflineModel(CostModel):
     def params(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "scale": self.scale, "overhead": self.overhead,
                 "overhead_model_s": self.overhead_model, "glue_s_per_byte": self.glue_per_byte,
-                "corrections": self.corrections}
+                "corrections": self.corrections, "op_scale": self.op_scale}
 
     def set_params(self, params: dict[str, Any]) -> None:
         try:
@@ -184,13 +233,21 @@ class RooflineModel(CostModel):
             self.overhead_model = float(params["overhead_model_s"])
             self.glue_per_byte = float(params.get("glue_s_per_byte", 0.0))
             self.corrections = {str(k): float(v) for k, v in params.get("corrections", {}).items()}
+            # files written before ops were priced have no op_scale: the analytical prior
+            self.op_scale = {k: 1.0 for k in OP_KINDS} | {str(k): float(v)
+                                                          for k, v in params.get("op_scale", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CostModelFileError(f"roofline cost-model parameters are malformed ({exc}); refit the model") from None
 
     # ---- refit ---------------------------------------------------------------------------------
-    def total_latency(self, resolved: pd.DataFrame) -> float:
+    def total_latency(self, resolved: pd.DataFrame, ops: pd.DataFrame | None = None) -> float:
+        """Seconds of a resolved plan as :meth:`predict` gives them, its model's op rows ``ops``
+        (``ModelGraph.ops``, e.g. a :class:`Sample`'s) priced too."""
         lat, _ = self.layer_latency(resolved)
-        return float(np.nansum(lat)) + self.overhead_model + self.glue_s(resolved)
+        total = float(np.nansum(lat)) + self.overhead_model + self.glue_s(resolved)
+        if ops is not None and len(ops):
+            total += float(np.nansum(self.plan_op_latency(ops, resolved)))
+        return total
 
     def refit(self, samples: list[Sample], *, totals_of: list[Sample] | None = None) -> FitReport:
         """Refit per-kind scale and overhead on measured layer times (NNLS); then the per-kernel
@@ -198,10 +255,15 @@ class RooflineModel(CostModel):
         are replaced); then the model overhead and glue term on measured totals (of ``totals_of``,
         default all samples). Kinds with fewer than 3 measured layer rows keep their previous
         parameters. With no per-layer times, one global scale and the overhead are fitted on
-        totals. Raises :class:`CostModelError` for an empty list."""
+        totals. The ops of samples that carry them (``Sample.ops``) are priced in every total:
+        with per-layer times, each op kind's ``op_scale`` is a further NNLS column of the totals'
+        fit (when its seconds vary across plans and are not collinear with the columns before it;
+        else it keeps its scale and its seconds are subtracted); with none, the global scale
+        multiplies ``op_scale`` too. ``op_scale`` stays 1.0 while no sample has ops. Raises
+        :class:`CostModelError` for an empty list."""
         self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
-        before = np.array([self.total_latency(s.resolved) for s in samples])
+        before = np.array([self.total_latency(s.resolved, s.ops) for s in samples])
         rows = self._layer_rows(samples)
         fitted_kinds: dict[str, int] = {}
         if rows:
@@ -214,7 +276,7 @@ class RooflineModel(CostModel):
                 self._fit_overheads(tot, np.array([s.latency_s for s in tot], dtype=float))
         else:
             self._fit_totals_only(samples, meas)
-        after = np.array([self.total_latency(s.resolved) for s in samples])
+        after = np.array([self.total_latency(s.resolved, s.ops) for s in samples])
         report = FitReport.of(before, after, meas, layer_rows=len(rows), params=self.params())
         self.provenance["corrected_kernels"] = len(self.corrections)
         rel = (after - meas) / meas
@@ -274,6 +336,9 @@ class RooflineModel(CostModel):
         """t_total ≈ a · Σ roofline-layer-latency + c (NNLS on relative errors); every scale
         and per-layer overhead times ``a``, the model overhead ``c``."""
         sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
+        op_sums = self._op_sums(samples)
+        if op_sums:
+            sums = sums + sum(op_sums.values())
         w = 1.0 / meas
         if len(samples) >= 2 and np.ptp(sums) > 0:
             coef, _ = nnls(np.stack([sums, np.ones(len(sums))], 1) * w[:, None], meas * w)
@@ -283,19 +348,63 @@ class RooflineModel(CostModel):
         if a > 0:
             self.scale = {k: v * a for k, v in self.scale.items()}
             self.overhead = {k: v * a for k, v in self.overhead.items()}
+            self.op_scale = {k: v * a for k, v in self.op_scale.items()}
             self.overhead_model = c
 
     def _fit_overheads(self, samples: list[Sample], meas: np.ndarray) -> None:
-        """What measured totals leave after the layers = overhead_model + glue_per_byte · kept
-        output activation bytes (NNLS, relative errors), when there are 3+ plans whose
-        activations differ; else the median residual and no glue term."""
+        """What measured totals leave after the layers = overhead_model + Σ_kind c_kind · op
+        seconds of that kind + glue_per_byte · kept output activation bytes (NNLS, relative
+        errors). An op kind is a column when its seconds vary and add a dimension (else its
+        seconds are subtracted as priced); the glue term when there are 3+ plans whose
+        activations differ (and, with op columns, it adds a dimension too); with no column, the
+        median residual. ``op_scale[kind]`` is multiplied by a positive ``c_kind`` (a zero keeps
+        it: an op is never priced as nothing)."""
         layer_sums = np.array([np.nansum(self.layer_latency(s.resolved)[0]) for s in samples])
         resid = meas - layer_sums
         act = np.array([float(s.resolved["act_out_bytes_kept"].sum()) for s in samples])
         self.glue_per_byte = 0.0
-        if len(samples) >= 3 and np.ptp(act) > 0:
-            w = 1.0 / meas
-            coef, _ = nnls(np.stack([np.ones(len(act)), act], axis=1) * w[:, None], np.maximum(resid, 0.0) * w)
-            self.overhead_model, self.glue_per_byte = float(coef[0]), float(coef[1])
+        w = 1.0 / meas
+        cols, fit_ops = [np.ones(len(samples))], []
+        for k, v in sorted(self._op_sums(samples).items()):
+            if len(samples) > len(cols) + 1 and np.ptp(v) > 0 and _adds_rank(cols, v, w):
+                cols.append(v)
+                fit_ops.append(k)
+            else:
+                resid = resid - v
+        use_act = len(samples) >= 3 and np.ptp(act) > 0 and (
+            not fit_ops or (len(samples) > len(cols) + 1 and _adds_rank(cols, act, w)))
+        if use_act:
+            cols.append(act)
+        if len(cols) > 1:
+            coef, _ = nnls(np.stack(cols, axis=1) * w[:, None], np.maximum(resid, 0.0) * w)
+            self.overhead_model = float(coef[0])
+            for k, c in zip(fit_ops, coef[1:]):
+                if c > 0:
+                    self.op_scale[k] *= float(c)
+            if use_act:
+                self.glue_per_byte = float(coef[-1])
         else:
             self.overhead_model = float(max(0.0, np.median(resid)))
+
+    def _op_sums(self, samples: list[Sample]) -> dict[str, np.ndarray]:
+        """Per op kind some sample has (``Sample.ops``), the predicted seconds of that kind's ops
+        in each sample (0 where a sample has none)."""
+        out: dict[str, np.ndarray] = {}
+        for i, s in enumerate(samples):
+            ops = op_table(s)
+            if not len(ops):
+                continue
+            for k, t in zip(ops["kind"], self.plan_op_latency(ops, s.resolved)):
+                out.setdefault(str(k), np.zeros(len(samples)))[i] += float(t)
+        return out
+
+
+def _adds_rank(cols: list[np.ndarray], v: np.ndarray, w: np.ndarray) -> bool:
+    """Whether column ``v`` is not (nearly) a combination of ``cols`` once rows are weighted by
+    ``w`` (columns scaled to unit norm, singular values below 1e-6 count as zero)."""
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=0), 1e-300)
+
+    A = unit(np.stack(cols, axis=1) * w[:, None])
+    B = unit(np.column_stack([A, v * w]))
+    return np.linalg.matrix_rank(B, tol=1e-6) > np.linalg.matrix_rank(A, tol=1e-6)

@@ -28,6 +28,7 @@ import pandas as pd
 
 from costmodels.errors import CostModelError, CostModelFileError, CoverageError
 from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
+from costmodels.ops import kept_fraction, op_gaps, op_table
 from hwsearch.core.resolve import resolve
 
 __all__ = ["Cost", "CostModel", "CostModelError", "CoverageError", "CostModelFileError", "FitReport", "Sample",
@@ -42,12 +43,15 @@ class Sample:
     the measured whole-model latency in seconds (already brought to the dense baseline's scale
     when the machine drifted) and, when the backend timed layers alone, ``layer_s``
     {layer: seconds}; ``extra``: backend-specific evidence, e.g. ``{"mcu_rows": [...]}`` per-layer
-    instruction counts."""
+    instruction counts; ``ops``: the measured model's op rows (``ModelGraph.ops``), so a refit
+    can correct the price of its attention, matmul, embedding, norm and softmax ops (``None``: the
+    measured total holds no op the model prices)."""
 
     resolved: pd.DataFrame
     latency_s: float
     layer_s: dict[str, float] | None = None
     extra: dict | None = None
+    ops: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ class PlanArrays:
     ``P × L``: ``codes`` (int64), ``kept_in``, ``kept_out``, ``rows2d`` / ``cols2d`` (the kept
     weight's 2-D view), ``dense_weights``, ``dense_macs``, ``nnz`` (int64), ``density`` (float, weight density; 1 for dense and channel),
     ``weight_level`` (bool: a weight-level pattern), ``act_in_bytes_kept`` /
-    ``act_out_bytes_kept`` (float, bytes in the example's dtype)."""
+    ``act_out_bytes_kept`` (float, bytes in the example's dtype). Ops (``ModelGraph.ops``, ``O``
+    rows; ``None`` / empty: the graph has none): ``ops`` and ``op_frac`` (``P × O``, the kept
+    fraction of each op, :func:`costmodels.ops.kept_fraction` per plan)."""
 
     layers: tuple[str, ...]
     kind: np.ndarray
@@ -82,17 +88,22 @@ class PlanArrays:
     weight_level: np.ndarray
     act_in_bytes_kept: np.ndarray
     act_out_bytes_kept: np.ndarray
+    ops: pd.DataFrame | None = None
+    op_frac: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class BatchLatency:
     """What :meth:`CostModel.price_batch` returns: ``layer_latency_s`` (``P × L`` seconds, NaN for
     a layer not covered), ``latency_s`` (``P`` seconds per plan, as :meth:`CostModel.predict`'s
-    ``latency_s``) and ``coverage_gaps`` (names of the layers not covered)."""
+    ``latency_s``: priced ops included), ``coverage_gaps`` (names of the layers not covered, and
+    ``"<node (kind)>"`` of the ops not priced) and ``op_latency_s`` (``P × O`` seconds of the ops,
+    NaN for one not priced; ``None`` when the graph has no op)."""
 
     layer_latency_s: np.ndarray
     latency_s: np.ndarray
     coverage_gaps: tuple[str, ...]
+    op_latency_s: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,10 @@ class Cost:
     """Predicted cost of one plan. ``latency_s`` ± ``latency_std_s`` (1σ, relative error of the
     model on its fit data times the prediction), ``flash_bytes`` (weights as stored),
     ``sram_bytes`` (peak live activations), ``layers`` (per-layer ``latency_s`` and storage),
-    ``coverage_gaps`` (layers priced as unknown), ``model`` (name@version of the cost model)."""
+    ``coverage_gaps`` (layers priced as unknown, and ``"<node (kind)>"`` of compute ops without a
+    layer row the model does not price), ``model`` (name@version of the cost model), ``ops`` (per
+    op row of ``ModelGraph.ops``: ``kind`` and ``latency_s``, NaN for a gap; ``latency_s``
+    includes the priced ones)."""
 
     latency_s: float
     latency_std_s: float
@@ -110,6 +124,7 @@ class Cost:
     coverage_gaps: tuple[str, ...]
     model: str
     instructions: int | None = None
+    ops: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -164,11 +179,16 @@ class CostModel(ABC):
     A subclass sets ``kind`` (the registry key stored in its file) and implements
     :meth:`layer_latency`, :meth:`model_overhead_s`, :meth:`params` / :meth:`set_params` and
     :meth:`refit`; it may override :meth:`glue_s`, :meth:`scratch_bytes`, :meth:`relative_std`
-    and :meth:`price_batch`. Guarantees every model keeps (``tests/contracts/test_cost_models.py``
-    checks them on every registered model):
+    and :meth:`price_batch`. A model that prices compute ops without a layer row
+    (``ModelGraph.ops``: attention, matmul, embedding, norm, softmax) names their kinds in
+    ``priced_op_kinds`` and implements :meth:`op_latency`; every op row of another kind is a
+    coverage gap ``"<node (kind)>"``. Guarantees every model keeps
+    (``tests/contracts/test_cost_models.py`` checks them on every registered model):
 
     * :meth:`predict` gives a finite, positive ``latency_s`` (seconds) and non-negative bytes for a
-      plan it covers, and raises :class:`CoverageError` for one it does not (never a silent zero);
+      plan it covers, and raises :class:`CoverageError` for one it does not (never a silent zero):
+      a layer without a figure, an op of ``ModelGraph.uncovered``, an op row of a kind not in
+      ``priced_op_kinds``;
     * weights as stored never grow when a plan gets sparser (same layers, higher ratios);
     * :meth:`refit` moves predictions toward the measured samples and reports by how much;
     * ``save`` then ``costmodels.load`` gives a model that predicts the same; a file is refused
@@ -179,6 +199,9 @@ class CostModel(ABC):
 
     kind = "base"
     version = 1
+    #: The kinds of ``ModelGraph.ops`` rows (:data:`costmodels.ops.OP_KINDS`) :meth:`op_latency`
+    #: prices; rows of any other kind are coverage gaps. Empty: the model prices no op.
+    priced_op_kinds: frozenset[str] = frozenset()
     #: How :meth:`load` called on this base class builds the model a file names. Set by
     #: :mod:`costmodels.registry` when it is imported (this module imports nothing of costmodels).
 
@@ -233,6 +256,23 @@ class CostModel(ABC):
         batch). Parameters are read at each call, so a refit is seen."""
         return None
 
+    def op_latency(self, ops: pd.DataFrame, kept: np.ndarray, example_bytes: float) -> np.ndarray:
+        """Seconds of every op row of ``ops`` (``ModelGraph.ops``) when a plan keeps ``kept`` of it
+        (:func:`costmodels.ops.kept_fraction`; shape ``(O,)``, or ``(P, O)`` for ``P`` plans: the
+        result has its shape); ``example_bytes``: bytes per element of the analysed example (the
+        op table's byte counts are in that dtype). NaN for a row of a kind not in
+        ``priced_op_kinds`` — this default: NaN everywhere, the model prices no op."""
+        return np.full(np.shape(kept), math.nan)
+
+    def plan_op_latency(self, ops: pd.DataFrame, resolved: pd.DataFrame) -> np.ndarray:
+        """:meth:`op_latency` of the op rows ``ops`` under a resolved plan (its ``out_frac`` per
+        ``out_group`` shrinks the ops fed by a pruned group); NaN where a kind is not priced."""
+        if len(ops) == 0:
+            return np.zeros(0)
+        lat = np.asarray(self.op_latency(ops, kept_fraction(ops, _leader_frac(resolved)),
+                                         float(resolved["dtype_bytes"].iloc[0])), dtype=float)
+        return np.where([k in self.priced_op_kinds for k in ops["kind"]], lat, math.nan)
+
     def relative_std(self) -> float:
         return float(self.provenance.get("relative_std", 0.3))
 
@@ -244,29 +284,37 @@ class CostModel(ABC):
                 min_density: float = 0.0, allow_gaps: bool = False, resolved: pd.DataFrame | None = None) -> Cost:
         """Price ``plan`` on ``graph`` (a :class:`hwsearch.graph.ModelGraph`); ``dtype`` defaults
         to the model's deployment dtype (``self.dtype``). Raises :class:`CoverageError` naming the
-        layers (and ops without a layer row) it has no figure for, unless ``allow_gaps``."""
+        layers (and ``"<ops>"`` without a layer row) it has no figure for, unless ``allow_gaps``;
+        the ops it prices (``ModelGraph.ops`` rows of ``priced_op_kinds``) are in ``latency_s``."""
         dtype = dtype or getattr(self, "dtype", "fp32")
         res = resolved if resolved is not None else resolve(graph.table, graph.groups, plan,
                                                              channel_multiple=channel_multiple,
                                                              min_density=min_density)
         lat, gaps = self.layer_latency(res)
-        gaps = list(gaps) + [f"<{u}>" for u in getattr(graph, "uncovered", ())]
+        ops = op_table(graph)
+        op_lat = self.plan_op_latency(ops, res)
+        gaps = list(gaps) + [f"<{u}>" for u in getattr(graph, "uncovered", ())] + op_gaps(ops, self.priced_op_kinds,
+                                                                                           op_lat)
         if gaps and not allow_gaps:
             raise CoverageError(f"cost model {self.kind} has no latency figure for layers {gaps} "
-                                f"(kinds {sorted(set(res.loc[[g for g in gaps if g in res.index], 'kind']))}, "
-                                "<ops> have no layer row); refit it with measurements "
-                                "of those layers or use allow_gaps=True to report them")
+                                f"(kinds {sorted(set(res.loc[[g for g in gaps if g in res.index], 'kind']))}; "
+                                "<ops> are compute ops without a layer row); refit it with measurements "
+                                "of those layers, price them with a model that does, or use allow_gaps=True "
+                                "to report them")
         storage = layer_storage(res, dtype)
         layers = pd.DataFrame({"latency_s": lat, "flash_bytes": storage["flash_bytes"], "fmt": storage["fmt"]},
                               index=res.index)
         total = float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(res)
-        group_frac = {int(g): float(f) for g, f in zip(res["out_group"], res["out_frac"]) if int(g) >= 0}
+        if len(ops):
+            total += float(np.nansum(op_lat))
+        group_frac = _group_frac(res)
         example_bytes = int(res["dtype_bytes"].iloc[0])
         sram = peak_sram_bytes(graph.activations, group_frac, dtype_scale=DTYPE_BYTES[dtype] / example_bytes,
                                scratch_bytes=self.scratch_bytes(res))
         return Cost(latency_s=total, latency_std_s=total * self.relative_std(),
                     flash_bytes=int(storage["flash_bytes"].sum()), sram_bytes=sram, layers=layers,
-                    coverage_gaps=tuple(gaps), model=self.identity)
+                    coverage_gaps=tuple(gaps), model=self.identity,
+                    ops=pd.DataFrame({"kind": ops["kind"].to_numpy(), "latency_s": op_lat}, index=ops.index))
 
     # ---- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -305,6 +353,20 @@ class CostModel(ABC):
         model = cls(target)
         model.restore(data)
         return model
+
+
+def _group_frac(resolved: pd.DataFrame) -> dict[int, float]:
+    """Kept fraction (``out_frac``) of every channel group a resolved plan's layers produce."""
+    return {int(g): float(f) for g, f in zip(resolved["out_group"], resolved["out_frac"]) if int(g) >= 0}
+
+
+def _leader_frac(resolved: pd.DataFrame) -> dict[int, float]:
+    """Kept fraction of every channel group: its leader's ``out_frac`` (the group's width is the
+    leader's; a member of another width, as analysis can give, does not override it)."""
+    if "group_leader" not in resolved.columns:
+        return _group_frac(resolved)
+    lead = resolved[resolved["group_leader"].astype(bool)]
+    return {int(g): float(f) for g, f in zip(lead["out_group"], lead["out_frac"]) if int(g) >= 0}
 
 
 def read_model_file(path: str | Path, target: Any) -> dict[str, Any]:

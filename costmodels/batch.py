@@ -12,7 +12,9 @@ checks it on random plans). It runs, array-wise, the three stages ``predict`` ru
    linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes —
    re-implemented here for the built-in patterns, and handed on as :class:`PlanArrays`;
 2. latency: the cost model's own vectorised path, :meth:`CostModel.price_batch` (read at every
-   call, so a refit is seen);
+   call, so a refit is seen), given the kept fraction of every op of ``ModelGraph.ops`` (that of
+   its input's channel group) so it prices the ops too; an op of a kind the model does not price
+   (``priced_op_kinds``) is a coverage gap, as in ``predict``;
 3. :mod:`costmodels.memory` — exact weight storage per format, from each pattern's
    :meth:`hwsearch.core.patterns.Pattern.storage_bytes_array`, and the peak of live activations.
 
@@ -37,6 +39,7 @@ import numpy as np
 from costmodels.base import BatchLatency, CostModel, CostModelError, CoverageError, PlanArrays
 from costmodels.kernels import static_signature
 from costmodels.memory import DTYPE_BYTES, QPARAM_BYTES_PER_CHANNEL, bias_bytes_per_channel, check_dtype
+from costmodels.ops import op_gaps, op_table
 from hwsearch.core import patterns as _patterns
 from hwsearch.core.errors import PlanError
 from hwsearch.core.plan import LayerChoice, Plan
@@ -150,7 +153,8 @@ class BatchPricer:
         if not builtin:
             return False
         i, f = np.zeros((0, len(self._layers)), dtype=np.int64), np.zeros((0, len(self._layers)))
-        probe = self._plan_arrays(i, i, i, i, i, i, i, i, f, i.astype(bool), f, f)  # an empty batch
+        probe = self._plan_arrays(i, i, i, i, i, i, i, i, f, i.astype(bool), f, f,
+                                  np.zeros((0, len(self._ops))))  # an empty batch
         return cm.price_batch(probe) is not None
 
     @property
@@ -169,6 +173,10 @@ class BatchPricer:
         gidx = self._precompute_groups()
         self._precompute_inputs(gidx)
         self._precompute_activations(gidx)
+        self._ops = op_table(self.graph)
+        # each op's input channel group as a column of the (P, G) kept matrix; -1: never shrinks
+        self._op_gcol = np.array([gidx.get(int(g), -1) if int(g) >= 0 else -1 for g in self._ops["group"]],
+                                 dtype=np.int64)
 
     def _precompute_layers(self) -> None:
         """Per-layer constants of the layer table."""
@@ -332,7 +340,7 @@ class BatchPricer:
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         valid, r = self._valid_ratios(codes, r_in)
         kept_g, kept_in, kept_out, valid = self._resolve_channels(codes, r, valid)
-        arrays, valid = self._resolve_weights(codes, r, kept_in, kept_out, valid)
+        arrays, valid = self._resolve_weights(codes, r, kept_in, kept_out, self._op_frac(kept_g), valid)
         lat = self._latency(arrays)
         layer_flash = self._layer_flash(arrays)
         sram = self._peak_sram(kept_g, codes.shape[0])
@@ -345,6 +353,15 @@ class BatchPricer:
             out.update(layer_latency_s=lat.layer_latency_s, kept_out=kept_out, kept_in=kept_in,
                        dense_macs=arrays.dense_macs, nnz=arrays.nnz, layer_flash_bytes=layer_flash)
         return out
+
+    def _op_frac(self, kept_g: np.ndarray) -> np.ndarray:
+        """``P × O`` kept fraction of every op (``out_frac`` of its input's channel group; 1 when
+        the group is -1 or never pruned), as :func:`costmodels.ops.kept_fraction` per plan."""
+        frac = np.ones((kept_g.shape[0], len(self._ops)))
+        has_g = self._op_gcol >= 0
+        if has_g.any():
+            frac[:, has_g] = (kept_g / self._g_channels[None, :])[:, self._op_gcol[has_g]]
+        return frac
 
     def _valid_ratios(self, codes: np.ndarray, r_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Plans with known codes, ratios in [0, 1) where a pattern uses one, and channel choices
@@ -364,6 +381,7 @@ class BatchPricer:
         P, L, G = codes.shape[0], len(self._layers), len(self._gids)
         chan = codes == _CHAN
         kept_g = np.broadcast_to(self._g_channels, (P, G)).copy()
+        chosen = np.zeros((P, G), dtype=bool)  # the plan gives the group a channel ratio
         for k in range(G):
             lj = int(self._g_leader[k])
             if lj < 0 or not self._chan_ok[lj]:
@@ -371,11 +389,15 @@ class BatchPricer:
             sel = chan[:, lj]
             if sel.any():
                 kept_g[:, k] = np.where(sel, self._kept_group(k, r[:, lj]), self._g_channels[k])
+                chosen[:, k] = sel
         frac_removed = 1.0 - kept_g / self._g_channels[None, :]          # resolve's removed_frac
         rem_g = np.rint(self._g_channels[None, :] * frac_removed)        # removed channels per group
         kept_out = np.broadcast_to(self._out_c, (P, L)).copy()
         has_g = self._out_gcol >= 0
-        kept_out[:, has_g] = kept_g[:, self._out_gcol[has_g]]
+        # as resolve: a layer keeps its own width unless its group takes a channel ratio (a member
+        # whose width is not the group's, as analysis can give, must not take the group's)
+        gcol = self._out_gcol[has_g]
+        kept_out[:, has_g] = np.where(chosen[:, gcol], kept_g[:, gcol], self._out_c[None, has_g])
         kept_in = self._in_c[None, :] - np.rint(rem_g @ self._in_expand).astype(np.int64)
         kept_in = np.where(self._coupled_dw[None, :], kept_out, kept_in)
         valid = valid.copy()
@@ -387,7 +409,7 @@ class BatchPricer:
         return kept_g, kept_in, kept_out, valid
 
     def _resolve_weights(self, codes: np.ndarray, r: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray,
-                         valid: np.ndarray) -> tuple[PlanArrays, np.ndarray]:
+                         op_frac: np.ndarray, valid: np.ndarray) -> tuple[PlanArrays, np.ndarray]:
         """``resolve``'s weight stage: dense weights and MACs of the kept shape, weight density and
         nonzeros of the weight patterns, kept activation bytes; validity of N:M and block shapes."""
         P, L = codes.shape
@@ -420,31 +442,36 @@ class BatchPricer:
         act_out_kept = np.rint(self._act_out[None, :] * (kept_out / self._out_c[None, :]))
         act_in_kept = np.rint(self._act_in[None, :] * (kept_in / self._in_c[None, :]))
         arrays = self._plan_arrays(codes, kept_in, kept_out, rows, cols, dense_weights, dense_macs, nnz, density,
-                                   weight_level, act_in_kept, act_out_kept)
+                                   weight_level, act_in_kept, act_out_kept, op_frac)
         return arrays, valid
 
     def _plan_arrays(self, codes: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray, rows2d: np.ndarray,
                      cols2d: np.ndarray, dense_weights: np.ndarray, dense_macs: np.ndarray, nnz: np.ndarray,
                      density: np.ndarray, weight_level: np.ndarray, act_in_kept: np.ndarray,
-                     act_out_kept: np.ndarray) -> PlanArrays:
+                     act_out_kept: np.ndarray, op_frac: np.ndarray) -> PlanArrays:
         return PlanArrays(layers=tuple(self._layers), kind=self._kind, static=tuple(self._static_sig),
                           example_bytes=self._ex_bytes, patterns=PATTERN_NAMES, codes=codes, kept_in=kept_in,
                           kept_out=kept_out, rows2d=rows2d, cols2d=cols2d, dense_weights=dense_weights,
                           dense_macs=dense_macs, nnz=nnz, density=density, weight_level=weight_level,
-                          act_in_bytes_kept=act_in_kept, act_out_bytes_kept=act_out_kept)
+                          act_in_bytes_kept=act_in_kept, act_out_bytes_kept=act_out_kept, ops=self._ops,
+                          op_frac=op_frac)
 
     def _latency(self, arrays: PlanArrays) -> BatchLatency:
         """The cost model's :meth:`CostModel.price_batch`; :class:`CoverageError` for layers it has
-        no figure for unless ``allow_gaps``."""
+        no figure for, and ops of kinds it does not price, unless ``allow_gaps``."""
         lat = self.cost_model.price_batch(arrays)
         if lat is None:  # the contract: None depends on the model only, and the probe said it has a path
             raise CostModelError(f"cost model {self.cost_model.identity} stopped pricing batches after this "
                                  "pricer was built; build a new BatchPricer")
         gaps = list(lat.coverage_gaps)
+        # checked here too: a model's price_batch that skipped the ops would price them as zero
+        op_lat = lat.op_latency_s if lat.op_latency_s is not None else np.full(len(self._ops), math.nan)
+        gaps += [g for g in op_gaps(self._ops, self.cost_model.priced_op_kinds, op_lat) if g not in gaps]
         if gaps and not self.allow_gaps:
             kinds = sorted({str(k) for layer, k in zip(self._layers, self._kind) if layer in set(gaps)})
             raise CoverageError(f"cost model {self.cost_model.kind} has no latency figure for layers {gaps} "
-                                f"(kinds {kinds}); refit it with measurements of those layers or use "
+                                f"(kinds {kinds}; <ops> are compute ops without a layer row); refit it with "
+                                "measurements of those layers, price them with a model that does, or use "
                                 "allow_gaps=True to report them")
         return lat
 

@@ -28,9 +28,17 @@ Which table is used (first that applies):
 A layer whose shape breaks the 2:4 kernel's rules (see :data:`SHAPE_RULES`), whose kind is not in
 ``[patterns.nm] layer_kinds``, or whose N:M is not the spec's, gets no speed-up (``s = 1``) and a
 one-line reason (:meth:`Gpu24Model.check`, :meth:`Gpu24Model.explain`).
+
+Compute ops without a layer row (attention, matmul, embedding, norm, softmax: ``ModelGraph.ops``)
+are priced as the dense path prices them — by the inner roofline on the GPU's figures in the
+model's dtype (:meth:`costmodels.analytical.RooflineModel.op_latency`); 2:4 never applies to
+them. Prefill and decode shapes need nothing apart: an attention row's ``seq_q`` and ``seq_k``
+set its FLOPs and bytes, and a decode step (``seq_q = 1`` against a ``seq_k``-token KV cache)
+comes out memory-bound.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -44,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from costmodels.analytical import RooflineModel
+from costmodels.ops import OP_KINDS
 from costmodels.base import CostModel, CostModelError, CostModelFileError, FitReport, Sample, fidelity
 
 __all__ = ["Gpu24Model", "Gpu24FitReport", "ShapeRule", "SHAPE_RULES", "load_table", "TABLE_SCHEMA_VERSION",
@@ -241,6 +250,7 @@ class Gpu24Model(CostModel):
 
     kind = "gpu24"
     version = 1
+    priced_op_kinds = frozenset(OP_KINDS)
 
     def __init__(self, target: Any, dtype: str | None = None, *, backend: str | None = None,
                  table: str | Path | pd.DataFrame | None = None, any_device: bool = False, estimator: str = "auto",
@@ -509,6 +519,10 @@ class Gpu24Model(CostModel):
     def model_overhead_s(self) -> float:
         return self.roofline.model_overhead_s()
 
+    def op_latency(self, ops: pd.DataFrame, kept: np.ndarray, example_bytes: float) -> np.ndarray:
+        """The dense roofline's op seconds (:meth:`RooflineModel.op_latency`): no 2:4 for ops."""
+        return self.roofline.op_latency(ops, kept, example_bytes)
+
     def glue_s(self, resolved: pd.DataFrame) -> float:
         return self.roofline.glue_s(resolved)
 
@@ -567,9 +581,13 @@ class Gpu24Model(CostModel):
                             float(np.max(np.abs(now - stored) / stored)))
 
     # ---- refit from measured plans -----------------------------------------------------------
-    def total_latency(self, resolved: pd.DataFrame) -> float:
+    def total_latency(self, resolved: pd.DataFrame, ops: pd.DataFrame | None = None) -> float:
+        """Seconds of a resolved plan as :meth:`predict` gives them, its op rows ``ops`` priced too."""
         lat, _ = self.layer_latency(resolved)
-        return float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(resolved)
+        total = float(np.nansum(lat)) + self.model_overhead_s() + self.glue_s(resolved)
+        if ops is not None and len(ops):
+            total += float(np.nansum(self.plan_op_latency(ops, resolved)))
+        return total
 
     def refit(self, samples: list[Sample]) -> FitReport:
         """Refit the dense roofline (per-kind scale/overhead, see :meth:`RooflineModel.refit`) on
@@ -579,14 +597,14 @@ class Gpu24Model(CostModel):
         samples. Raises :class:`CostModelError` when the list is empty or no sample is usable."""
         self._require_samples(samples)
         meas = np.array([s.latency_s for s in samples], dtype=float)
-        before = np.array([self.total_latency(s.resolved) for s in samples])
+        before = np.array([self.total_latency(s.resolved, s.ops) for s in samples])
         dense_samples = []
         for s in samples:
             nm_layers = set(s.resolved.index[s.resolved["pattern"] == "nm"])
             if s.layer_s:
                 kept = {k: v for k, v in s.layer_s.items() if k not in nm_layers}
                 if kept:
-                    dense_samples.append(Sample(s.resolved, s.latency_s, kept))
+                    dense_samples.append(dataclasses.replace(s, layer_s=kept))
             elif not nm_layers:
                 dense_samples.append(s)
         if not dense_samples:
@@ -594,7 +612,7 @@ class Gpu24Model(CostModel):
                                  "without N:M layers; 2:4 speed-ups are fitted with Gpu24Model.fit(table)")
         inner = self.roofline.refit(dense_samples, totals_of=[s for s in dense_samples
                                                               if not (s.resolved["pattern"] == "nm").any()])
-        after = np.array([self.total_latency(s.resolved) for s in samples])
+        after = np.array([self.total_latency(s.resolved, s.ops) for s in samples])
         rel = (after - meas) / meas
         self.roofline.provenance["relative_std"] = float(max(0.02, np.sqrt(np.mean(rel ** 2))))
         self.provenance["relative_std"] = self.roofline.provenance["relative_std"]

@@ -8,7 +8,10 @@ model overhead (VM call, glue kernels) is the dense model's measured latency min
 its layers. A refit adds every measured per-layer timing of the records as a new grid point
 and re-estimates the overhead from measured totals.
 
-The table belongs to one model: a layer it has no points for is a coverage gap.
+The table belongs to one model: a layer it has no points for is a coverage gap. It holds measured
+layers only, so it prices no compute op without a layer row (``priced_op_kinds`` is empty): every
+attention, matmul, embedding, norm and softmax row of ``ModelGraph.ops`` is a coverage gap
+``"<node (kind)>"`` — never a zero. Price such graphs with the roofline model.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ of live int8 activations plus the largest kernel scratch buffer.
 
 Only kernels are counted: the glue between layers (residual adds, pooling, requantisation of
 non-layer ops) is not priced, which the model reports as its ``overhead`` of 0 instructions.
+The instruction model has no kernel for attention, batched matmul, embedding, norm or softmax
+(nothing measured in QEMU), so it prices no op of ``ModelGraph.ops`` (``priced_op_kinds`` is
+empty): each is a coverage gap ``"<node (kind)>"``, never a zero.
 """
 from __future__ import annotations
 

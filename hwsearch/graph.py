@@ -22,6 +22,7 @@ model re-prices them for another dtype.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwsearch.core.errors import ModelError
+from hwsearch.graph_ops import op_row
 
 __all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
 
@@ -43,7 +45,8 @@ _LAYER_OPS = {
     "aten.conv2d.default": "conv2d",
     "aten.linear.default": "linear",
 }
-# Compute-heavy ops hwsearch does not price or prune: reported as coverage gaps, never ignored.
+# Compute-heavy ops hwsearch does not price or prune: reported as coverage gaps, never ignored
+# (those :mod:`hwsearch.graph_ops` counts go to ``ModelGraph.ops`` instead).
 _UNCOVERED_OPS = ("conv3d", "conv_transpose", "convolution", "matmul", "bmm", ".mm.", "addmm", "baddbmm",
                   "einsum", "scaled_dot_product_attention", "embedding")
 _UNKNOWN_GROUP = -1
@@ -90,6 +93,7 @@ class ChannelGroup:
     consumers: tuple[str, ...]
     channels: int
     prunable: bool
+    reason: str = ""  # why the group cannot be pruned, when it cannot
 
 
 @dataclass
@@ -102,6 +106,7 @@ class ModelGraph:
     activations: pd.DataFrame
     groups: dict[int, ChannelGroup] = field(default_factory=dict)
     uncovered: tuple[str, ...] = ()  # "node (aten op)" for compute ops with no layer row
+    ops: pd.DataFrame | None = None  # attention, matmul, embedding, norm, softmax: see hwsearch.graph_ops
 
     @property
     def layers(self) -> list[str]:
@@ -162,6 +167,7 @@ def analyze(
     nodes = list(ep.graph.nodes)
     index_of = {n: i for i, n in enumerate(nodes)}
     act_rows = []
+    op_rows: list[dict] = []
     uncovered: list[str] = []
     for i, node in enumerate(nodes):
         val = node.meta.get("val")
@@ -178,7 +184,11 @@ def analyze(
             continue
         op = _LAYER_OPS.get(str(node.target))
         if op is None:
-            if any(k in str(node.target) for k in _UNCOVERED_OPS):
+            counted = op_row(node)
+            if counted is not None:  # attention, matmul, embedding, norm, softmax: priced from ``ops``
+                first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+                op_rows.append({**counted, "input": first.name if first is not None else None})
+            elif any(k in str(node.target) for k in _UNCOVERED_OPS):
                 uncovered.append(f"{node.name} ({node.target})")
             continue
         wnode = node.args[1]
@@ -239,9 +249,12 @@ def analyze(
 
     activations = pd.DataFrame(act_rows)
     activations["group"] = _activation_groups(activations, out_group)
+    for gid, reason in _foreign_operands(nodes, activations, groups).items():
+        groups[gid] = dataclasses.replace(groups[gid], prunable=False, reason=reason)
+    table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
                       activations=activations.drop(columns=["src"]), groups=groups,
-                      uncovered=tuple(uncovered))
+                      uncovered=tuple(uncovered), ops=_op_table(op_rows, activations))
 
 
 def _channel_groups(
@@ -302,6 +315,46 @@ def _channel_groups(
     for c in in_slices:
         in_slices[c].sort(key=lambda t: t[1])
     return groups, out_group, in_slices
+
+
+_ELEMENTWISE = ("aten.add.Tensor", "aten.add_.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor")
+
+
+def _foreign_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
+                      groups: dict[int, ChannelGroup]) -> dict[int, str]:
+    """Channel groups combined elementwise (a residual add, a gate) with a tensor of the same
+    shape that no layer of the group produces — the model's input, an embedding, another group
+    Torch-Pruning did not couple. Removing channels of such a group would leave the two operands
+    of different widths, so it is refused at analysis (with this reason) rather than crashing
+    when the plan is folded."""
+    group_of = dict(zip(activations["tensor"], activations["group"]))
+    out: dict[int, str] = {}
+    for node in nodes:
+        if node.op != "call_function" or str(node.target) not in _ELEMENTWISE:
+            continue
+        args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        vals = [a.meta.get("val") for a in args]
+        if len(args) != 2 or not all(isinstance(v, torch.Tensor) for v in vals) or vals[0].shape != vals[1].shape:
+            continue  # a scalar or a broadcast operand (a per-channel scale keeps the channel dim)
+        g = [int(group_of.get(a.name, _UNKNOWN_GROUP)) for a in args]
+        if g[0] == g[1]:
+            continue
+        for mine, other, arg in ((g[0], g[1], args[1]), (g[1], g[0], args[0])):
+            if mine >= 0 and groups[mine].prunable and mine not in out:
+                what = (f"the output of channel group {groups[other].leader!r}" if other >= 0
+                        else f"{arg.name!r}, which no prunable layer produces (the model input, an embedding)")
+                out[mine] = (f"its channels are combined in {node.name!r} ({node.target}) with {what}; pruning them "
+                             "would change the width of that tensor too (a residual stream)")
+    return out
+
+
+def _op_table(rows: list[dict], activations: pd.DataFrame) -> pd.DataFrame:
+    """The counted non-layer ops, each with the channel group of its first input (-1: none)."""
+    group_of = dict(zip(activations["tensor"], activations["group"]))
+    cols = ["node", "kind", "aten", "out_shape", "macs", "flops_other", "bytes_in", "bytes_out", "weight_bytes",
+            "batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim", "input", "group"]
+    df = pd.DataFrame([{**r, "group": int(group_of.get(r["input"], _UNKNOWN_GROUP))} for r in rows], columns=cols)
+    return df.set_index("node")
 
 
 def _activation_groups(acts: pd.DataFrame, out_group: dict[str, int]) -> list[int]:

@@ -76,4 +76,18 @@ def test_uncovered_compute_ops_are_reported():
             return self.fc(x) @ self.w
 
     g = analyze(WithMatmul(), torch.randn(2, 4))
-    assert any("matmul" in u or "mm" in u for u in g.uncovered)
+    # a matmul is counted (priced from graph.ops, never as zero), not left uncovered
+    assert (g.ops["kind"] == "matmul").sum() == 1 and int(g.ops["macs"].iloc[0]) == 2 * 4 * 4
+    assert not g.uncovered
+
+    class WithConvTranspose(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.ConvTranspose1d(4, 4, 2, stride=2)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.up(x).flatten(1))
+
+    g = analyze(WithConvTranspose(), torch.randn(2, 4, 2))
+    assert any("conv_transpose" in u or "convolution" in u for u in g.uncovered)

@@ -152,8 +152,9 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
             continue
         gid = int(table.at[layer, "out_group"])
         if gid < 0 or not bool(table.at[layer, "channel_prunable"]):
-            raise PlanError(f"layer {layer!r} cannot take channel pruning (its output channels are "
-                            "the model's output or not traceable); use a weight pattern instead")
+            why = (getattr(groups.get(gid), "reason", "") if gid >= 0 else "") or \
+                "its output channels are the model's output or not traceable"
+            raise PlanError(f"layer {layer!r} cannot take channel pruning ({why}); use a weight pattern instead")
         if not bool(table.at[layer, "group_leader"]):
             leader = groups[gid].leader
             raise PlanError(f"layer {layer!r} is coupled with {leader!r} (channel group {gid}); "

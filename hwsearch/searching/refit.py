@@ -28,7 +28,7 @@ def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig)
         k = float(r.get("drift_factor") or 1.0)
         layer_s = {name: v * k for name, v in (r.get("layer_s") or {}).items()} or None
         out.append(Sample(res, float(r["latency_s"]) * k, layer_s,
-                          {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None))
+                          {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None, ops=graph.ops))
     return out
 
 

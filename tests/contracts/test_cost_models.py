@@ -5,7 +5,9 @@ missing from ``CASES`` fails the first test: add how to build it there).
 
 The contract (:class:`costmodels.base.CostModel`): a covered plan gets a finite positive latency
 and non-negative bytes; a sparser plan never stores more weights; what a model cannot price
-raises :class:`CoverageError` (never a silent zero); ``refit(samples)`` returns a
+raises :class:`CoverageError` (never a silent zero) — a layer without a figure, an op of
+``ModelGraph.uncovered``, an op row (attention, matmul, embedding, norm, softmax) of a kind the model
+does not declare in ``priced_op_kinds``; ``refit(samples)`` returns a
 :class:`FitReport` and moves predictions toward the samples; ``save`` then ``costmodels.load``
 predicts the same, and a file is refused for another target or runtime. Measurements here are
 SYNTHETIC (the model's own predictions times a planted factor): the suite checks the contract,
@@ -23,6 +25,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import costmodels
 from costmodels import CostModel, CostModelError, CostModelFileError, CoverageError, FitReport, Sample
@@ -31,6 +34,7 @@ from costmodels.batch import BatchPricer
 from costmodels.lut import LUTModel
 from costmodels.mcu_cost import McuPlanModel, layer_shape, mcu_fmt, mcu_op
 from costmodels.memory import layer_storage
+from costmodels.ops import OP_KINDS
 from hwsearch.core.plan import LayerChoice, Plan
 from hwsearch.core.resolve import resolve
 from hwsearch.graph import ModelGraph, analyze
@@ -79,12 +83,13 @@ CASES: dict[str, Case] = {
     "roofline": Case(
         "host-x86", lambda t, g: costmodels.make("roofline", t), None, "host-x86+onnxruntime",
         no_gap_reason="every layer kind analyze produces (costmodels.analytical.KINDS) has a figure from the spec "
-                      "(efficiency_<kind>, else efficiency_conv): its gaps are ops without a layer row",
+                      "(efficiency_<kind>, else efficiency_conv) and it prices every op kind: its gaps are the ops of "
+                      "ModelGraph.uncovered",
         covers_all=lambda m: set(KINDS) <= set(m.scale)),
     "gpu24": Case(
         "nvidia-h100", lambda t, g: costmodels.make("gpu24", t), None, "nvidia-h200",
         no_gap_reason="it prices every layer with the dense roofline (2:4 only divides by a speed-up): its gaps "
-                      "are the roofline's, ops without a layer row",
+                      "are the roofline's, the ops of ModelGraph.uncovered",
         covers_all=lambda m: set(KINDS) <= set(m.roofline.scale)),
     "lut": Case(
         "host-x86", lambda t, g: LUTModel.from_profile(t, _lut_profile(g)),
@@ -174,26 +179,74 @@ def test_a_layer_the_model_cannot_price_is_a_coverage_error(case, model, target,
     assert cost.layers.loc[list(cost.coverage_gaps), "latency_s"].isna().all()  # NaN, never 0
 
 
-class _MatmulNet(nn.Module):
-    """A linear layer, then a matmul with a bare parameter: a compute op without a layer row."""
+class _TransposedConvNet(nn.Module):
+    """A conv, a transposed conv (a compute op hwsearch neither prunes nor prices), a linear head."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc = nn.Linear(16, 8)
-        self.w = nn.Parameter(torch.randn(8, 4))
+        self.c = nn.Conv1d(1, 4, 3, padding=1)
+        self.t = nn.ConvTranspose1d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.fc(x)) @ self.w
+        return self.fc(torch.relu(self.t(torch.relu(self.c(x)))).flatten(1))
 
 
-@pytest.mark.filterwarnings("ignore:Unwrapped parameters:UserWarning")  # Torch-Pruning on the bare matmul weight
 def test_an_op_without_a_layer_row_is_a_coverage_error_for_every_model(case, target):
-    g = analyze(_MatmulNet().eval(), torch.randn(1, 16))
-    assert g.uncovered
+    g = analyze(_TransposedConvNet().eval(), torch.randn(1, 1, 8))
+    assert any("conv_transpose" in u for u in g.uncovered)
     m = case.build(target, g)
-    with pytest.raises(CoverageError, match="<"):
+    with pytest.raises(CoverageError, match="<conv_transpose"):
         m.predict(g, Plan())
-    assert any(gap.startswith("<") for gap in m.predict(g, Plan(), allow_gaps=True).coverage_gaps)
+    assert any(gap.startswith("<conv_transpose") for gap in m.predict(g, Plan(), allow_gaps=True).coverage_gaps)
+
+
+_B, _L, _E, _H = 2, 8, 16, 2
+
+
+class _TinyEncoder(nn.Module):
+    """Every op kind of ``ModelGraph.ops``: embedding, q/k/v → SDPA → o on a residual,
+    LayerNorm, attention pooling (softmax over tokens, a matmul), classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(32, _E)
+        self.q, self.k, self.v, self.o = (nn.Linear(_E, _E) for _ in range(4))
+        self.ln = nn.LayerNorm(_E)
+        self.score, self.head = nn.Linear(_E, 1), nn.Linear(_E, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        q, k, v = (p(h).view(_B, _L, _H, _E // _H).transpose(1, 2) for p in (self.q, self.k, self.v))
+        h = self.ln(h + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(_B, _L, _E)))
+        w = torch.softmax(self.score(h), dim=1)
+        return self.head((w.transpose(1, 2) @ h).squeeze(1))
+
+
+def test_every_op_kind_is_priced_or_a_coverage_gap(case, target):
+    """Each op row is either priced (its kind in ``priced_op_kinds``: finite, positive seconds in
+    ``Cost.ops`` and in ``latency_s``) or a gap ``"<node (kind)>"`` with NaN — in ``predict`` and in
+    the batch pricer alike."""
+    torch.manual_seed(0)
+    g = analyze(_TinyEncoder().eval(), torch.randint(0, 32, (_B, _L)))
+    assert set(g.ops["kind"]) == set(OP_KINDS)
+    m = case.build(target, g)
+    assert m.priced_op_kinds <= set(OP_KINDS)
+    cost = m.predict(g, Plan(), allow_gaps=True)
+    for node, kind in zip(g.ops.index, g.ops["kind"]):
+        t, gap = cost.ops.at[node, "latency_s"], f"<{node} ({kind})>" in cost.coverage_gaps
+        if kind in m.priced_op_kinds:
+            assert math.isfinite(t) and t > 0 and not gap, (node, kind)
+        else:
+            assert math.isnan(t) and gap, (node, kind)
+    bp = BatchPricer(g, target, m, dtype=getattr(m, "dtype", "fp32"))
+    if cost.coverage_gaps:
+        with pytest.raises(CoverageError, match="no latency figure"):
+            m.predict(g, Plan())
+        with pytest.raises(CoverageError, match="no latency figure"):
+            bp.price_plans([Plan()])
+    else:
+        assert bp.price_plans([Plan()])["latency_s"][0] == pytest.approx(cost.latency_s, rel=1e-9)
 
 
 def test_batch_pricing_equals_predict(model, target, graph):
