@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwsearch.core.errors import ModelError
-from hwsearch.graph_ops import op_row
+from hwsearch.graph_ops import op_kind, op_row
 
 __all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
 
@@ -249,7 +249,8 @@ def analyze(
 
     activations = pd.DataFrame(act_rows)
     activations["group"] = _activation_groups(activations, out_group)
-    for gid, reason in _foreign_operands(nodes, activations, groups).items():
+    refused = {**_attention_operands(nodes, activations, groups), **_foreign_operands(nodes, activations, groups)}
+    for gid, reason in refused.items():
         groups[gid] = dataclasses.replace(groups[gid], prunable=False, reason=reason)
     table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
@@ -277,7 +278,7 @@ def _channel_groups(
     groups: dict[int, ChannelGroup] = {}
     out_group: dict[str, int] = {}
     in_slices: dict[str, list[tuple[int, int, int]]] = {}
-    for g in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
+    for g in _bounded_groups(dg, name_of):
         producers: list[str] = []
         consumer_idxs: dict[str, list[list[int]]] = {}
         for dep, idxs in g:
@@ -348,6 +349,28 @@ def _foreign_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
     return out
 
 
+def _attention_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
+                        groups: dict[int, ChannelGroup]) -> dict[int, str]:
+    """Channel groups that reach an operand of an attention or matmul op (q, k, v, scores):
+    their channels are split into heads by reshapes written in the model (``view(B, L, heads,
+    head_dim)``) and contracted against each other, so removing single channels either breaks the
+    model or silently changes what it computes. Refused at analysis with this reason (head
+    pruning, which removes whole heads consistently, is the structured unit there)."""
+    group_of = dict(zip(activations["tensor"], activations["group"]))
+    out: dict[int, str] = {}
+    for node in nodes:
+        if node.op != "call_function" or op_kind(node.target) not in ("attention", "matmul"):
+            continue
+        for arg in node.args[:3]:
+            if not isinstance(arg, torch.fx.Node):
+                continue
+            g = int(group_of.get(arg.name, _UNKNOWN_GROUP))
+            if g >= 0 and groups[g].prunable and g not in out:
+                out[g] = (f"its channels feed {node.name!r} ({node.target}), an attention or matmul operand split "
+                          "into heads; single channels cannot be removed there (whole heads would have to be)")
+    return out
+
+
 def _op_table(rows: list[dict], activations: pd.DataFrame) -> pd.DataFrame:
     """The counted non-layer ops, each with the channel group of its first input (-1: none)."""
     group_of = dict(zip(activations["tensor"], activations["group"]))
@@ -355,6 +378,51 @@ def _op_table(rows: list[dict], activations: pd.DataFrame) -> pd.DataFrame:
             "batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim", "input", "group"]
     df = pd.DataFrame([{**r, "group": int(group_of.get(r["input"], _UNKNOWN_GROUP))} for r in rows], columns=cols)
     return df.set_index("node")
+
+
+# A dependency group larger than this is a runaway: Torch-Pruning's index mappings can cycle
+# without end on some graphs (a Llama decoder's rotary embeddings in transformers 5: the group of
+# q_proj never closes). Real groups hold tens to hundreds of dependencies.
+_MAX_GROUP_DEPS = 1000
+
+
+class _RunawayGroup(Exception):
+    pass
+
+
+def _bounded_groups(dg: tp.DependencyGraph, name_of: dict[nn.Module, str]):
+    """Torch-Pruning's ``get_all_groups`` (same roots, same order, same de-duplication), with
+    each group's growth bounded: a root whose group runs away is skipped — its layer keeps no
+    channel group (weight patterns only), and a warning names it."""
+    from torch_pruning.dependency import group as tp_group
+
+    original = tp_group.Group.add_dep
+
+    def add_dep(self, dep, idxs):  # noqa: ANN001  (Torch-Pruning's signature)
+        if len(self._group) >= _MAX_GROUP_DEPS:
+            raise _RunawayGroup
+        return original(self, dep, idxs)
+
+    visited: set[nn.Module] = set()
+    for m in list(dg.module2node):
+        if not isinstance(m, PRUNABLE_TYPES) or m in visited:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        tp_group.Group.add_dep = add_dep
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except _RunawayGroup:
+            log.warning("Torch-Pruning's dependency group of %s does not close (over %d dependencies); its "
+                        "output channels will not be pruned", name_of.get(m, m), _MAX_GROUP_DEPS)
+            continue
+        finally:
+            tp_group.Group.add_dep = original
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+        yield group
 
 
 def _activation_groups(acts: pd.DataFrame, out_group: dict[str, int]) -> list[int]:

@@ -74,6 +74,10 @@ class SearchSpace:
                 if p == "channel":
                     if bool(t.at[layer, "group_leader"]) and bool(t.at[layer, "channel_prunable"]):
                         opts.append(p)
+                    elif bool(t.at[layer, "group_leader"]):
+                        why = getattr(graph.groups.get(int(t.at[layer, "out_group"])), "reason", "")
+                        if why:  # refused at analysis (attention heads, a residual stream): say so
+                            dropped.setdefault(layer, {})[p] = why
                     continue
                 choice = LayerChoice(p, 0.5 if p != "nm" else 0.0, n=nm[0], m=nm[1], block=block)
                 try:
@@ -312,4 +316,7 @@ def _short_reason(layer: str, reason: str) -> str:
     ';') and the per-layer numbers of a predicted-no-gain verdict, so layers group by it."""
     r = reason.split("; ")[0]
     r = r.replace(f" on {layer!r}", "").replace(f"{layer!r}'s", "the layer's").replace(repr(layer), "the layer")
+    r = re.sub(r"'[^']*' \(aten\.(\w+)\.\w+\)", r"\1", r)   # graph node names: one line per kind of reason
+    r = re.sub(r"with '[^']*', which", "with a tensor which", r)
+    r = re.sub(r"channel group '[^']*'", "another channel group", r)
     return re.sub(r"predicted no gain: \S+ µs vs \S+ µs dense", "no predicted speed-up on this target", r)
