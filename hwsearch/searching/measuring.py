@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def dense_baseline_for(target: TargetSpec, graph: ModelGraph, cfg: SearchConfig, out: Path, tvm_dir: Path,
-              say: Callable[[str], None]) -> DenseBaseline:
+                       say: Callable[[str], None]) -> DenseBaseline:
     """The dense model timed in each runtime of ``target`` (:func:`hwsearch.deploy.dense_baseline`),
     printed; kept in ``<out>/dense_baseline.json`` so a resumed search chooses as the first did."""
     path = out / "dense_baseline.json"
@@ -67,9 +67,9 @@ def dense_baseline_for(target: TargetSpec, graph: ModelGraph, cfg: SearchConfig,
 
 
 def measure_each(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Evaluator, target: TargetSpec,
-                  cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
-                  recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
-                  say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
+                 cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
+                 recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
+                 say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
     """Each plan by the target's own backend (TVM, the MCU emulator), one after another; a TVM
     plan's speed-ups are against the last dense TVM record (and chained to the fastest runtime)."""
     mode = cfg.mode or ("tuned" if target.runtime == "tvm" else None)
@@ -107,9 +107,9 @@ def measure_each(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Evalu
 
 
 def measure_sitting(todo: list[tuple[Plan, float]], *, graph: ModelGraph, ev: Evaluator, target: TargetSpec,
-                     cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
-                     recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
-                     say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
+                    cfg: SearchConfig, cm: costmodels.CostModel, rnd: int, name: str, store: records.StudyRecords,
+                    recs: list[dict], work_dir: Path, baseline: DenseBaseline | None,
+                    say: Callable[[str], None]) -> tuple[list[dict], dict | None]:
     """The round's plans and the dense model in one interleaved sitting in the target's runtime
     (:func:`hwsearch.deploy.measure_round`): plans that fold to one configuration share a
     measurement, a plan identical to dense gets the dense measurement and no speed-up, and the

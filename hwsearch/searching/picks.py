@@ -77,7 +77,7 @@ def _new_configurations(unmeasured: pd.DataFrame, recs: list[dict], ev: Evaluato
 
 
 def pick(front: pd.DataFrame, measured: set[str], k: int,
-          novelty: Callable[[Plan], int] | None = None) -> list[tuple[Plan, float]]:
+         novelty: Callable[[Plan], int] | None = None) -> list[tuple[Plan, float]]:
     """Up to ``k`` unmeasured front plans: the front (by predicted latency) is cut into ``k``
     equal runs — merit spread from the most accurate to the fastest end — and in each run the
     plan with the most kernels the cost model has never seen measured (``novelty``, its

@@ -18,7 +18,7 @@ __all__ = ["polish"]
 
 
 def polish(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any,
-            cfg: SearchConfig) -> tuple[float, float, int] | None:
+           cfg: SearchConfig) -> tuple[float, float, int] | None:
     """Local search after the sampler's trials, when budgets are set (a memetic step): NSGA-II
     spreads its trials along the whole accuracy/latency front, while a user with a budget wants
     the most accurate plan *at* the budget. From the most accurate feasible plans, evaluate their

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cfg: SearchConfig,
-                  say: Callable[[str], None]) -> list[Plan]:
+                 say: Callable[[str], None]) -> list[Plan]:
     """With a latency budget and ``cfg.greedy_seed``: the last plans of a NetAdapt-style greedy
     channel pruning down to the budget (:func:`hwsearch.baselines.netadapt`, priced by ``cm``,
     scored by ``ev``; a few seconds), to start round 1 from. A greedy path is strong near a
@@ -45,7 +45,7 @@ def greedy_seeds(graph: ModelGraph, ev: Evaluator, cm: costmodels.CostModel, cfg
 
 
 def edge_seeds(space: SearchSpace, ev: Evaluator, pricer: Any, cfg: SearchConfig,
-                say: Callable[[str], None]) -> list[Plan]:
+               say: Callable[[str], None]) -> list[Plan]:
     """With a latency budget: up to ``cfg.edge_seeds`` channel plans on the budget's edge
     (:meth:`SearchSpace.edge_plans`, priced by the round's model; every one of them when the
     kept-channel lattice is small), one per configuration, to start round 1 from. Empty

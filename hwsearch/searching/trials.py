@@ -30,7 +30,7 @@ def make_sampler(cfg: SearchConfig, constrained: bool) -> optuna.samplers.BaseSa
 
 
 def run_trials(study: optuna.Study, space: SearchSpace, ev: Evaluator, pricer: Any, n: int, cfg: SearchConfig,
-                show_bars: bool, phase: str | None = None) -> None:
+               show_bars: bool, phase: str | None = None) -> None:
     """``n`` trials through Optuna's ask/tell in batches of one NSGA-II population: the batch's
     plans are priced together by the vectorised :class:`~costmodels.batch.BatchPricer` (the
     fast path; it gives the same numbers as ``CostModel.predict``), then each is evaluated for
