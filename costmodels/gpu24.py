@@ -505,9 +505,16 @@ class Gpu24Model(CostModel):
                 if key not in self._warned:
                     self._warned.add(key)
                     log.info("layer %r priced without 2:4 speed-up: %s", layer, msgs[i])
+        latency = dense_s / s
+        if self._est is None:
+            # the unmeasured fallback is a ratio of tensor-core peaks: it speeds up the GEMM, not the
+            # per-kernel launch overhead (a measured table's kernel times include it, so a fitted
+            # speed-up applies to the whole call)
+            launch = np.array([self.roofline.overhead.get(k, 0.0) for k in resolved["kind"]], dtype=float)
+            latency = np.where(s != 1.0, launch + np.maximum(dense_s - launch, 0.0) / s, dense_s)
         return pd.DataFrame({"kind": resolved["kind"].to_numpy(), "pattern": resolved["pattern"].to_numpy(),
                              "M": dims["M"], "N": dims["N"], "K": dims["K"], "dense_s": dense_s, "speedup": s,
-                             "latency_s": dense_s / s, "accelerated": is_nm & (np.asarray(msgs) == ""),
+                             "latency_s": latency, "accelerated": is_nm & (np.asarray(msgs) == ""),
                              "extrapolated": extra, "message": msgs}, index=resolved.index)
 
     def layer_latency(self, resolved: pd.DataFrame) -> tuple[np.ndarray, list[str]]:

@@ -341,3 +341,25 @@ def test_a_spec_without_nm_speedup_gets_none(tmp_path: Path, graph) -> None:
     model = Gpu24Model(load_spec(path))
     ex = model.explain(resolve(graph.table, graph.groups, Plan({"2": LayerChoice("nm")})))
     assert ex.at["2", "speedup"] == 1.0 and "does not accelerate N:M" in ex.at["2", "message"]
+
+
+def test_the_unmeasured_fallback_speeds_up_the_gemm_not_the_launch(h200_unmeasured):
+    """Without a measured table the 2:4 speed-up is the tensor cores' peak ratio: it applies to
+    the GEMM's roofline time, never to the per-kernel launch overhead — a launch-bound layer
+    (batch 1, 16 tokens, 64 wide) is predicted no faster, a large GEMM close to the ratio."""
+    model = Gpu24Model(h200_unmeasured)
+    assert not model.measured
+
+    class _Lin(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(width, width), nn.Linear(width, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.fc(x))
+
+    for width, tokens, lo, hi in ((64, 16, 1.0, 1.01), (4096, 4096, 1.8, 2.01)):
+        g = analyze(_Lin(width).eval(), torch.randn(tokens, width))
+        dense = model.predict(g, Plan(), allow_gaps=True).layers.at["fc", "latency_s"]
+        sparse = model.predict(g, Plan({"fc": LayerChoice("nm", n=2, m=4)}), allow_gaps=True).layers.at["fc", "latency_s"]
+        assert lo <= dense / sparse <= hi, (width, dense / sparse)
