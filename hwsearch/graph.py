@@ -249,13 +249,14 @@ def analyze(
 
     activations = pd.DataFrame(act_rows)
     activations["group"] = _activation_groups(activations, out_group)
-    refused = {**_attention_operands(nodes, activations, groups), **_foreign_operands(nodes, activations, groups)}
+    group_of = dict(zip(activations["tensor"], activations["group"]))  # tensor name -> channel group
+    refused = {**_attention_operands(nodes, group_of, groups), **_foreign_operands(nodes, group_of, groups)}
     for gid, reason in refused.items():
         groups[gid] = dataclasses.replace(groups[gid], prunable=False, reason=reason)
     table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
                       activations=activations.drop(columns=["src"]), groups=groups,
-                      uncovered=tuple(uncovered), ops=_op_table(op_rows, activations))
+                      uncovered=tuple(uncovered), ops=_op_table(op_rows, group_of))
 
 
 def _channel_groups(
@@ -321,14 +322,13 @@ def _channel_groups(
 _ELEMENTWISE = ("aten.add.Tensor", "aten.add_.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor")
 
 
-def _foreign_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
+def _foreign_operands(nodes: list[torch.fx.Node], group_of: dict[str, int],
                       groups: dict[int, ChannelGroup]) -> dict[int, str]:
     """Channel groups combined elementwise (a residual add, a gate) with a tensor of the same
     shape that no layer of the group produces — the model's input, an embedding, another group
     Torch-Pruning did not couple. Removing channels of such a group would leave the two operands
     of different widths, so it is refused at analysis (with this reason) rather than crashing
     when the plan is folded."""
-    group_of = dict(zip(activations["tensor"], activations["group"]))
     out: dict[int, str] = {}
     for node in nodes:
         if node.op != "call_function" or str(node.target) not in _ELEMENTWISE:
@@ -349,14 +349,13 @@ def _foreign_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
     return out
 
 
-def _attention_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
+def _attention_operands(nodes: list[torch.fx.Node], group_of: dict[str, int],
                         groups: dict[int, ChannelGroup]) -> dict[int, str]:
     """Channel groups that reach an operand of an attention or matmul op (q, k, v, scores):
     their channels are split into heads by reshapes written in the model (``view(B, L, heads,
     head_dim)``) and contracted against each other, so removing single channels either breaks the
     model or silently changes what it computes. Refused at analysis with this reason (head
     pruning, which removes whole heads consistently, is the structured unit there)."""
-    group_of = dict(zip(activations["tensor"], activations["group"]))
     out: dict[int, str] = {}
     for node in nodes:
         if node.op != "call_function" or op_kind(node.target) not in ("attention", "matmul"):
@@ -371,9 +370,8 @@ def _attention_operands(nodes: list[torch.fx.Node], activations: pd.DataFrame,
     return out
 
 
-def _op_table(rows: list[dict], activations: pd.DataFrame) -> pd.DataFrame:
+def _op_table(rows: list[dict], group_of: dict[str, int]) -> pd.DataFrame:
     """The counted non-layer ops, each with the channel group of its first input (-1: none)."""
-    group_of = dict(zip(activations["tensor"], activations["group"]))
     cols = ["node", "kind", "aten", "out_shape", "macs", "flops_other", "bytes_in", "bytes_out", "weight_bytes",
             "batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim", "input", "group"]
     df = pd.DataFrame([{**r, "group": int(group_of.get(r["input"], _UNKNOWN_GROUP))} for r in rows], columns=cols)

@@ -219,6 +219,23 @@ def load_cached(model: nn.Module, path: Path) -> bool:
         return False
 
 
+def trained_and_cached(model: nn.Module, data: Dataset, *, stem: str, tag: str, what: str, epochs: int,
+                       lr: float, batch_size: int = 64) -> nn.Module:
+    """``model`` with weights cached at ``<cache>/<stem>-<sha1(tag)[:10]>.pt`` (``tag`` names what
+    makes the weights: revision, sizes, epochs, library versions), else trained on ``data``
+    (:func:`train`, progress per epoch) and cached. Returns the model in eval mode."""
+    path = cache_dir() / f"{stem}-{hashlib.sha1(tag.encode()).hexdigest()[:10]}.pt"
+    if load_cached(model, path):
+        return model.eval()
+    log.info("training the %s: %d epochs on %d examples (cached at %s)", what, epochs, len(data.x_train), path)
+    t0 = time.perf_counter()
+    train(model, data, epochs=epochs, lr=lr, batch_size=batch_size,
+          on_epoch=lambda e, n, loss: log.info("  epoch %d/%d: loss %.3f", e, n, loss))
+    log.info("trained in %.0f s", time.perf_counter() - t0)
+    _atomic_save(model.state_dict(), path)
+    return model.eval()
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     torch.save(obj, tmp)

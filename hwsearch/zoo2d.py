@@ -8,20 +8,14 @@ reference model's (``$HWSEARCH_CACHE``).
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import time
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hwsearch.zoo import Dataset, _atomic_save, cache_dir, load_cached, train
+from hwsearch.zoo import Dataset, trained_and_cached
 
 __all__ = ["digits_data", "MobileNetV2Digits", "mobilenet_digits", "MOBILENET_DIGITS",
            "ResNetDigits", "resnet_digits", "RESNET_DIGITS"]
-
-log = logging.getLogger(__name__)
 
 MOBILENET_DIGITS = ("hwsearch.zoo2d:mobilenet_digits", "hwsearch.zoo2d:digits_data")
 RESNET_DIGITS = ("hwsearch.zoo2d:resnet_digits", "hwsearch.zoo2d:digits_data")
@@ -104,20 +98,12 @@ def mobilenet_digits(width: int = 16, epochs: int = 30) -> tuple[nn.Module, torc
     the first time it trains for 483 s on the 2-core machine, which was shared with other work;
     cached)."""
     data = digits_data()
-    key = hashlib.sha1(f"{_REVISION}-mbv2-w{width}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
-    path = cache_dir() / f"mobilenet_digits-w{width}-{key}.pt"
     model = MobileNetV2Digits(width)
-    if load_cached(model, path):
-        return model.eval(), data.example_input
-    log.info("training the MobileNetV2-style digits model: %d epochs on %d images (cached at %s)",
-             epochs, len(data.x_train), path)
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    train(model, data, epochs=epochs, lr=3e-3, batch_size=64,
-          on_epoch=lambda e, n, loss: log.info("  epoch %d/%d: loss %.3f", e, n, loss))
-    log.info("trained in %.0f s", time.perf_counter() - t0)
-    _atomic_save(model.state_dict(), path)
-    return model.eval(), data.example_input
+    torch.manual_seed(0)  # after building the model, as the cached weights were made
+    model = trained_and_cached(model, data, stem=f"mobilenet_digits-w{width}",
+                               tag=f"{_REVISION}-mbv2-w{width}-e{epochs}-{torch.__version__}",
+                               what="MobileNetV2-style digits model", epochs=epochs, lr=3e-3)
+    return model, data.example_input
 
 
 class _BasicBlock(nn.Module):
@@ -178,15 +164,7 @@ def resnet_digits(width: int = 16, epochs: int = 6, *, trained: bool = True) -> 
     model = ResNetDigits(width)
     if not trained:
         return model.eval(), data.example_input
-    key = hashlib.sha1(f"{_RESNET_REVISION}-w{width}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
-    path = cache_dir() / f"resnet_digits-w{width}-{key}.pt"
-    if load_cached(model, path):
-        return model.eval(), data.example_input
-    log.info("training the ResNet-18-style digits model: %d epochs on %d images (cached at %s)",
-             epochs, len(data.x_train), path)
-    t0 = time.perf_counter()
-    train(model, data, epochs=epochs, lr=3e-3, batch_size=64,
-          on_epoch=lambda e, n, loss: log.info("  epoch %d/%d: loss %.3f", e, n, loss))
-    log.info("trained in %.0f s", time.perf_counter() - t0)
-    _atomic_save(model.state_dict(), path)
-    return model.eval(), data.example_input
+    model = trained_and_cached(model, data, stem=f"resnet_digits-w{width}",
+                               tag=f"{_RESNET_REVISION}-w{width}-e{epochs}-{torch.__version__}",
+                               what="ResNet-18-style digits model", epochs=epochs, lr=3e-3)
+    return model, data.example_input

@@ -18,10 +18,6 @@ ids and returns (batch, 2) logits, so ``torch.export`` traces them.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import time
-
 import torch
 import torch.nn as nn
 
@@ -32,12 +28,11 @@ except ImportError as exc:  # an optional extra: say how to install it
     raise ImportError(f'hwsearch.zoo_text needs Hugging Face transformers ({exc}); install it with '
                       'pip install -e ".[transformers]"') from exc
 
-from hwsearch.zoo import Dataset, _atomic_save, cache_dir, load_cached, train
+from hwsearch.zoo import Dataset, trained_and_cached
 
 __all__ = ["token_data", "TokenClassifier", "bert_tokens", "llama_tokens", "bert_config", "llama_config",
            "VOCAB", "SEQ_LEN", "PAD", "CLS", "FIRST", "SECOND", "BERT_TOKENS", "LLAMA_TOKENS"]
 
-log = logging.getLogger(__name__)
 
 VOCAB = 64
 SEQ_LEN = 16
@@ -99,18 +94,10 @@ def llama_config() -> LlamaConfig:
 
 def _trained(name: str, model: TokenClassifier, epochs: int, lr: float) -> tuple[nn.Module, torch.Tensor]:
     data = token_data()
-    tag = f"{_REVISION}-{name}-e{epochs}-lr{lr}-{torch.__version__}-{transformers.__version__}"
-    path = cache_dir() / f"{name}_tokens-{hashlib.sha1(tag.encode()).hexdigest()[:10]}.pt"
-    if load_cached(model, path):
-        return model.eval(), data.example_input
-    log.info("training the %s token model: %d epochs on %d sequences (cached at %s)",
-             name, epochs, len(data.x_train), path)
-    t0 = time.perf_counter()
-    train(model, data, epochs=epochs, lr=lr, batch_size=64,
-          on_epoch=lambda e, n, loss: log.info("  epoch %d/%d: loss %.3f", e, n, loss))
-    log.info("trained in %.0f s", time.perf_counter() - t0)
-    _atomic_save(model.state_dict(), path)
-    return model.eval(), data.example_input
+    model = trained_and_cached(model, data, stem=f"{name}_tokens",
+                               tag=f"{_REVISION}-{name}-e{epochs}-lr{lr}-{torch.__version__}-{transformers.__version__}",
+                               what=f"{name} token model", epochs=epochs, lr=lr)
+    return model, data.example_input
 
 
 def bert_tokens(epochs: int = 20, *, trained: bool = True) -> tuple[nn.Module, torch.Tensor]:

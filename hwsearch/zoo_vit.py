@@ -10,21 +10,16 @@ is a layer of its own (heads can be pruned per projection).
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import time
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from hwsearch.core.errors import ModelError
-from hwsearch.zoo import _atomic_save, cache_dir, load_cached, train
+from hwsearch.zoo import trained_and_cached
 from hwsearch.zoo2d import digits_data
 
 __all__ = ["Attention", "EncoderBlock", "ViTDigits", "vit_digits", "VIT_DIGITS"]
 
-log = logging.getLogger(__name__)
 
 VIT_DIGITS = ("hwsearch.zoo_vit:vit_digits", "hwsearch.zoo2d:digits_data")
 _REVISION = "vit-digits-v1"  # bump when the architecture or training recipe changes
@@ -103,14 +98,7 @@ def vit_digits(dim: int = 64, depth: int = 3, epochs: int = 30, *,
     model = ViTDigits(dim=dim, depth=depth)
     if not trained:
         return model.eval(), data.example_input
-    key = hashlib.sha1(f"{_REVISION}-d{dim}-l{depth}-e{epochs}-{torch.__version__}".encode()).hexdigest()[:10]
-    path = cache_dir() / f"vit_digits-d{dim}-l{depth}-{key}.pt"
-    if load_cached(model, path):
-        return model.eval(), data.example_input
-    log.info("training the ViT digits model: %d epochs on %d images (cached at %s)", epochs, len(data.x_train), path)
-    t0 = time.perf_counter()
-    train(model, data, epochs=epochs, lr=2e-3, batch_size=64,
-          on_epoch=lambda e, n, loss: log.info("  epoch %d/%d: loss %.3f", e, n, loss))
-    log.info("trained in %.0f s", time.perf_counter() - t0)
-    _atomic_save(model.state_dict(), path)
-    return model.eval(), data.example_input
+    model = trained_and_cached(model, data, stem=f"vit_digits-d{dim}-l{depth}",
+                               tag=f"{_REVISION}-d{dim}-l{depth}-e{epochs}-{torch.__version__}",
+                               what="ViT digits model", epochs=epochs, lr=2e-3)
+    return model, data.example_input

@@ -29,6 +29,7 @@ import optuna
 
 import costmodels
 from costmodels.base import fidelity
+from costmodels.batch import BatchPricer
 from hwsearch import importance
 from hwsearch.core import records
 from hwsearch.core.errors import PlanError, StoreError
@@ -72,9 +73,7 @@ class _Run:
     say: Callable[[str], None]
     show_bars: bool
 
-    def pricer(self, model: costmodels.CostModel):
-        from costmodels.batch import BatchPricer
-
+    def pricer(self, model: costmodels.CostModel) -> BatchPricer:
         return BatchPricer(self.graph, self.target, model, channel_multiple=self.cfg.channel_multiple,
                            min_density=self.cfg.min_density, dtype=getattr(model, "dtype", "fp32"),
                            nm=self.space.nm, block=self.space.block)
