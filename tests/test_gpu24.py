@@ -253,6 +253,41 @@ def test_a100_uses_the_cited_public_rows() -> None:
     assert model.extrapolated(1, 4096, 4096)  # public A100 rows start at M = 3072
 
 
+def test_public_rows_each_carry_a_source_url_and_a_reading_note() -> None:
+    """Every cited row names the page it comes from (a URL with the exact place) and says how the
+    figure was read; a row kept out of the fits says why."""
+    df = load_table(PUBLIC_TABLE)
+    assert df["source"].str.contains(r"https?://\S+", regex=True).all()
+    notes = df["note"].fillna("").astype(str).str.strip()
+    assert (notes.str.len() > 0).all()
+    assert set(df["fit"]) <= {0, 1}
+    assert notes[df["fit"] == 0].str.contains("excluded from fits").all()
+    assert (df["M"] <= 16).any()  # a cited batch-1 / decode figure is in the table
+
+
+def test_h100_fit_on_the_public_rows_predicts_decode_slowdowns(tmp_path: Path) -> None:
+    """With the cited H100 rows (torch, cuSPARSELt and CUTLASS figures, kernel-level SlideSparse
+    timings from M = 64 up) the H100 model is fitted, beats the peak-ratio baseline's sign on held-out
+    shapes, and predicts a loss at decode sizes (M <= 16): every fit = 1 row there, the cited batch-1
+    shapes of any device, and Llama-class linears. Such M lies below the smallest measured H100 M, so
+    the prediction is the one at that edge (``extrapolated``)."""
+    spec = load_spec(_spec_copy(tmp_path, "nvidia_h100", gpu24_table="gpu24_no_such_gpu.csv"))
+    model = Gpu24Model(spec)
+    assert model.measured and model.table_source == "public" and model.dtype == "fp16"
+    rep = model.report
+    assert rep is not None and rep.n_rows >= MIN_FIT_ROWS and rep.folds == 5
+    assert rep.sign_accuracy > rep.baseline_sign_accuracy, rep
+    df = load_table(PUBLIC_TABLE)
+    small = df[df["M"] <= 16]
+    for r in small[small["fit"] == 1].itertuples():
+        assert model.speedup(int(r.M), int(r.N), int(r.K), r.dtype) < 1.0, r
+    shapes = {(int(r.M), int(r.N), int(r.K)) for r in small.itertuples()}
+    shapes |= {(1, 4096, 4096), (8, 4096, 4096), (16, 11008, 4096), (16, 4096, 11008)}
+    for M, N, K in sorted(shapes):
+        assert model.speedup(M, N, K) < 1.0 and not model.speedup_pays(M, N, K), (M, N, K)
+        assert model.extrapolated(M, N, K)
+    assert model.speedup(8192, 8192, 8192) > 1.2  # a large GEMM pays
+
 @pytest.mark.parametrize("content, match", [
     ("device,dtype,M,N,K,speedup,source\nx,fp16,64,64,64,1.2,\n", "no source"),
     ("schema_version,device,dtype,M,N,K,speedup,source\n2,x,fp16,64,64,64,1.2,s\n", "schema_version"),

@@ -114,20 +114,18 @@ def test_quick_outputs_match_torch(first: tuple[MeasureResult, float]) -> None:
 @pytest.mark.slow
 def test_second_measure_reuses_the_database(work_dir: Path,
                                             first: tuple[MeasureResult, float]) -> None:
-    result, first_s = first
+    result, _ = first
     assert result.error is None, result.error
     workloads, records = workload_count(work_dir), record_count(work_dir)
     assert workloads == 3 and records == 3
     torch.manual_seed(1)  # other weights, same shapes: the schedules still apply
-    start = time.perf_counter()
     again = measure(TinyNet(), _inputs(), mode="quick", work_dir=work_dir, samples=4,
                     evaluator=FAST)
-    second_s = time.perf_counter() - start
     assert again.error is None, again.error
     assert workload_count(work_dir) == workloads and record_count(work_dir) == records
     assert any("3 of 3 kernel(s) reused" in note for note in again.notes), again.notes
+    # no schedule sampled again (the wall time of the whole call is load-dependent: not asserted)
     assert again.tune_s < result.tune_s
-    assert second_s < first_s  # same work except the sampling
     assert [layer.name for layer in again.layers] == [layer.name for layer in result.layers]
 
 
