@@ -28,7 +28,7 @@ import pandas as pd
 
 from costmodels.errors import CostModelError, CostModelFileError, CoverageError
 from costmodels.memory import DTYPE_BYTES, layer_storage, peak_sram_bytes
-from costmodels.ops import kept_fraction, op_gaps, op_table
+from costmodels.ops import head_fraction, kept_fraction, op_gaps, op_table
 from hwsearch.core.resolve import resolve
 
 __all__ = ["Cost", "CostModel", "CostModelError", "CoverageError", "CostModelFileError", "FitReport", "Sample",
@@ -269,7 +269,7 @@ class CostModel(ABC):
         ``out_group`` shrinks the ops fed by a pruned group); NaN where a kind is not priced."""
         if len(ops) == 0:
             return np.zeros(0)
-        lat = np.asarray(self.op_latency(ops, kept_fraction(ops, _leader_frac(resolved)),
+        lat = np.asarray(self.op_latency(ops, kept_fraction(ops, _leader_frac(resolved), head_fraction(resolved)),
                                          float(resolved["dtype_bytes"].iloc[0])), dtype=float)
         return np.where([k in self.priced_op_kinds for k in ops["kind"]], lat, math.nan)
 
@@ -355,9 +355,18 @@ class CostModel(ABC):
         return model
 
 
+def _channel_rows(resolved: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose width is set by channel groups (not by pruned attention heads, which shrink
+    the ops through :func:`costmodels.ops.head_fraction` and leave activations at full width)."""
+    if "head_pruned" not in resolved.columns:
+        return resolved
+    return resolved[~resolved["head_pruned"].astype(bool)]
+
+
 def _group_frac(resolved: pd.DataFrame) -> dict[int, float]:
     """Kept fraction (``out_frac``) of every channel group a resolved plan's layers produce."""
-    return {int(g): float(f) for g, f in zip(resolved["out_group"], resolved["out_frac"]) if int(g) >= 0}
+    r = _channel_rows(resolved)
+    return {int(g): float(f) for g, f in zip(r["out_group"], r["out_frac"]) if int(g) >= 0}
 
 
 def _leader_frac(resolved: pd.DataFrame) -> dict[int, float]:
@@ -365,7 +374,8 @@ def _leader_frac(resolved: pd.DataFrame) -> dict[int, float]:
     leader's; a member of another width, as analysis can give, does not override it)."""
     if "group_leader" not in resolved.columns:
         return _group_frac(resolved)
-    lead = resolved[resolved["group_leader"].astype(bool)]
+    r = _channel_rows(resolved)
+    lead = r[r["group_leader"].astype(bool)]
     return {int(g): float(f) for g, f in zip(lead["out_group"], lead["out_frac"]) if int(g) >= 0}
 
 

@@ -9,7 +9,8 @@ checks it on random plans). It runs, array-wise, the three stages ``predict`` ru
 1. :func:`hwsearch.core.resolve.resolve` — kept channels per channel group (rounded to
    ``channel_multiple``, the ``min_density`` floor, balanced over the conv groups of grouped
    convolutions), kept input columns of every consumer (coupled depthwise convs, flatten →
-   linear expansion, ``torch.cat`` slices), weight density, MACs, nonzeros, activation bytes —
+   linear expansion, ``torch.cat`` slices), the projections' widths under pruned attention heads
+   (:func:`hwsearch.core.resolve.head_shapes`), weight density, MACs, nonzeros, activation bytes —
    re-implemented here for the built-in patterns, and handed on as :class:`PlanArrays`;
 2. latency: the cost model's own vectorised path, :meth:`CostModel.price_batch` (read at every
    call, so a refit is seen), given the kept fraction of every op of ``ModelGraph.ops`` (that of
@@ -52,10 +53,11 @@ log = logging.getLogger(__name__)
 #: Integer code of each pattern name in the ``patterns`` arrays.
 PATTERN_NAMES = tuple(_patterns.names())
 PATTERN_CODES: dict[str, int] = {name: i for i, name in enumerate(PATTERN_NAMES)}
-_DENSE, _UNSTR, _CHAN, _NM, _BLOCK = (PATTERN_CODES[n] for n in ("dense", "unstructured", "channel", "nm", "block"))
+_DENSE, _UNSTR, _CHAN, _NM, _BLOCK, _HEAD, _QHEAD = (
+    PATTERN_CODES[n] for n in ("dense", "unstructured", "channel", "nm", "block", "head", "qhead"))
 # What the array-wise resolve below re-implements: these patterns, and no other registered.
 _BUILTIN_PATTERNS = {"dense": _patterns.Dense, "unstructured": _patterns.Unstructured, "channel": _patterns.Channel,
-                     "nm": _patterns.NM, "block": _patterns.Block}
+                     "nm": _patterns.NM, "block": _patterns.Block, "head": _patterns.Head, "qhead": _patterns.QHead}
 
 
 def plans_to_arrays(plans: Iterable[Plan], layers: Sequence[str], *, nm: tuple[int, int] = (2, 4),
@@ -177,6 +179,27 @@ class BatchPricer:
         # each op's input channel group as a column of the (P, G) kept matrix; -1: never shrinks
         self._op_gcol = np.array([gidx.get(int(g), -1) if int(g) >= 0 else -1 for g in self._ops["group"]],
                                  dtype=np.int64)
+        self._precompute_heads()
+
+    def _precompute_heads(self) -> None:
+        """Attention blocks whose heads may go: the table columns of each (q, k, v, output
+        projection), their head geometry, and the op columns of their attention ops."""
+        t = self.graph.table
+        col = {name: j for j, name in enumerate(self._layers)}
+        L = len(self._layers)
+        self._head_ok = np.zeros(L, dtype=bool)
+        self._qhead_ok = np.zeros(L, dtype=bool)
+        self._heads: list[tuple[int, dict[str, int], tuple[int, int, int, int], list[int]]] = []
+        if "head_role" not in t.columns:
+            return
+        op_leaders = list(self._ops["head_leader"]) if "head_leader" in self._ops.columns else []
+        for q in t.index[t["head_role"].astype(str) == "q"]:
+            block = t[t["head_leader"] == q]
+            members = {str(role): col[name] for name, role in zip(block.index, block["head_role"])}
+            geo = tuple(int(t.at[q, c]) for c in ("heads", "kv_heads", "head_dim", "v_head_dim"))
+            self._heads.append((col[q], members, geo, [i for i, lead in enumerate(op_leaders) if lead == q]))
+            self._head_ok[col[q]] = True
+            self._qhead_ok[col[q]] = geo[0] // geo[1] > 1
 
     def _precompute_layers(self) -> None:
         """Per-layer constants of the layer table."""
@@ -340,7 +363,8 @@ class BatchPricer:
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         valid, r = self._valid_ratios(codes, r_in)
         kept_g, kept_in, kept_out, valid = self._resolve_channels(codes, r, valid)
-        arrays, valid = self._resolve_weights(codes, r, kept_in, kept_out, self._op_frac(kept_g), valid)
+        op_frac = self._resolve_heads(codes, r, kept_in, kept_out, self._op_frac(kept_g))
+        arrays, valid = self._resolve_weights(codes, r, kept_in, kept_out, op_frac, valid)
         lat = self._latency(arrays)
         layer_flash = self._layer_flash(arrays)
         sram = self._peak_sram(kept_g, codes.shape[0])
@@ -363,15 +387,49 @@ class BatchPricer:
             frac[:, has_g] = (kept_g / self._g_channels[None, :])[:, self._op_gcol[has_g]]
         return frac
 
+    def _kept_units(self, units: int, r: np.ndarray) -> np.ndarray:
+        """:func:`hwsearch.core.resolve.kept_units` for ratios ``r``."""
+        floor = math.ceil(self.min_density * units - 1e-9)
+        kept = np.maximum(np.maximum(1.0, np.rint(units * (1.0 - r))), float(floor))
+        return np.where(r <= 0.0, units, np.minimum(float(units), kept)).astype(np.int64)
+
+    def _resolve_heads(self, codes: np.ndarray, r: np.ndarray, kept_in: np.ndarray, kept_out: np.ndarray,
+                       op_frac: np.ndarray) -> np.ndarray:
+        """``resolve``'s head stage (:func:`hwsearch.core.resolve.head_shapes`), in place on
+        ``kept_in`` / ``kept_out``; returns ``op_frac`` with each pruned block's attention ops at
+        its kept fraction of query heads."""
+        for qj, members, (h, hkv, d, dv), op_cols in self._heads:
+            is_h, is_q = codes[:, qj] == _HEAD, codes[:, qj] == _QHEAD
+            if not (is_h.any() or is_q.any()):
+                continue
+            g = h // hkv
+            kh = self._kept_units(hkv, r[:, qj])
+            kq = self._kept_units(g, r[:, qj]) if g > 1 else np.full(len(r), g)
+            kept_h = np.where(is_h, kh * g, np.where(is_q, hkv * kq, h))
+            kept_kv = np.where(is_h, kh, hkv)
+            sel = is_h | is_q
+            for role, width in (("q", kept_h * d), ("k", kept_kv * d), ("v", kept_kv * dv)):
+                if role in members:
+                    j = members[role]
+                    kept_out[:, j] = np.where(sel, width, kept_out[:, j])
+            if "o" in members:
+                j = members["o"]
+                kept_in[:, j] = np.where(sel, kept_h * dv, kept_in[:, j])
+            for c in op_cols:
+                op_frac[:, c] = np.where(sel, kept_h / h, op_frac[:, c])
+        return op_frac
+
     def _valid_ratios(self, codes: np.ndarray, r_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Plans with known codes, ratios in [0, 1) where a pattern uses one, and channel choices
         only where allowed; the ratios used (0 where ignored or out of range)."""
         valid = ((codes >= 0) & (codes < len(PATTERN_NAMES))).all(axis=1)
-        uses_ratio = (codes == _UNSTR) | (codes == _CHAN) | (codes == _BLOCK)
+        uses_ratio = (codes == _UNSTR) | (codes == _CHAN) | (codes == _BLOCK) | (codes == _HEAD) | (codes == _QHEAD)
         ok_ratio = (r_in >= 0.0) & (r_in < 1.0)  # NaN compares False: invalid
         valid &= ~(uses_ratio & ~ok_ratio).any(axis=1)
         r = np.where(uses_ratio & ok_ratio, r_in, 0.0)
         valid &= ~((codes == _CHAN) & ~self._chan_ok[None, :]).any(axis=1)
+        valid &= ~((codes == _HEAD) & ~self._head_ok[None, :]).any(axis=1)
+        valid &= ~((codes == _QHEAD) & ~self._qhead_ok[None, :]).any(axis=1)
         return valid, r
 
     def _resolve_channels(self, codes: np.ndarray, r: np.ndarray,
@@ -549,11 +607,14 @@ class BatchPricer:
     def random_arrays(self, n: int, *, seed: int = 0, max_ratio: float = 0.9,
                       codes_allowed: Sequence[str] = ("dense", "unstructured", "channel")) -> tuple[np.ndarray, np.ndarray]:
         """``n`` random plans as arrays: per layer a pattern drawn from ``codes_allowed``
-        (``channel`` only where the layer may take it) and a ratio in [0, ``max_ratio``)."""
+        (``channel``, ``head`` and ``qhead`` only where the layer may take them) and a ratio in
+        [0, ``max_ratio``)."""
         rng = np.random.default_rng(seed)
         L = len(self._layers)
         allowed = [PATTERN_CODES[p] for p in codes_allowed]
         codes = rng.choice(np.array(allowed), size=(n, L))
         codes = np.where((codes == _CHAN) & ~self._chan_ok[None, :], _DENSE, codes)
+        codes = np.where((codes == _HEAD) & ~self._head_ok[None, :], _DENSE, codes)
+        codes = np.where((codes == _QHEAD) & ~self._qhead_ok[None, :], _DENSE, codes)
         ratios = rng.uniform(0.0, max_ratio, size=(n, L))
         return codes, ratios

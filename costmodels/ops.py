@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["OP_KINDS", "OP_COLUMNS", "op_table", "op_gaps", "kept_fraction", "op_work"]
+__all__ = ["OP_KINDS", "OP_COLUMNS", "op_table", "op_gaps", "kept_fraction", "head_fraction", "op_work"]
 
 #: The op kinds ``ModelGraph.ops`` holds (:data:`hwsearch.graph_ops.OP_KINDS`; costmodels may not
 #: import it, ``tests/test_op_pricing.py`` checks the two are equal).
@@ -48,11 +48,30 @@ def op_gaps(ops: pd.DataFrame, priced_kinds: frozenset[str] | set[str],
     return [f"<{node} ({kind})>" for node, kind, b in zip(ops.index, ops["kind"], bad) if b]
 
 
-def kept_fraction(ops: pd.DataFrame, group_frac: Mapping[int, float]) -> np.ndarray:
+def kept_fraction(ops: pd.DataFrame, group_frac: Mapping[int, float],
+                  head_frac: Mapping[str, float] | None = None) -> np.ndarray:
     """Per op row, the kept fraction of its input's channel group (``group_frac``: ``out_frac``
-    of each pruned group, e.g. ``resolve``'s per ``out_group``); 1.0 for a group not in it or -1."""
-    return np.array([float(group_frac.get(int(g), 1.0)) if int(g) >= 0 else 1.0 for g in ops["group"]],
+    of each pruned group, e.g. ``resolve``'s per ``out_group``); 1.0 for a group not in it or -1.
+    An attention op of a block whose heads a plan prunes (``head_leader`` in ``head_frac``: the
+    kept fraction of its query heads, the query projection's ``out_frac``) keeps that fraction
+    instead: its FLOPs scale with the query heads exactly; its K/V bytes are taken to scale with
+    them too, which for ``qhead`` (KV heads kept) overstates the bytes saved."""
+    frac = np.array([float(group_frac.get(int(g), 1.0)) if int(g) >= 0 else 1.0 for g in ops["group"]],
                     dtype=float)
+    if head_frac and "head_leader" in ops.columns:
+        for i, leader in enumerate(ops["head_leader"]):
+            if leader and leader in head_frac:
+                frac[i] = float(head_frac[leader])
+    return frac
+
+
+def head_fraction(resolved: pd.DataFrame) -> dict[str, float]:
+    """Kept fraction of the query heads of every attention block a resolved plan prunes (the
+    ``out_frac`` of its query projection), keyed by that projection."""
+    if "head_pruned" not in resolved.columns:
+        return {}
+    q = resolved[resolved["head_pruned"].astype(bool) & (resolved["head_role"].astype(str) == "q")]
+    return {str(n): float(f) for n, f in zip(q.index, q["out_frac"])}
 
 
 def op_work(ops: pd.DataFrame, kept: np.ndarray, bytes_scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from hwsearch.core.errors import ModelError
+from hwsearch.graph_heads import HEAD_COLUMNS, HeadGroup, find_head_groups
 from hwsearch.graph_ops import op_kind, op_row
 
 __all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
@@ -107,6 +108,7 @@ class ModelGraph:
     groups: dict[int, ChannelGroup] = field(default_factory=dict)
     uncovered: tuple[str, ...] = ()  # "node (aten op)" for compute ops with no layer row
     ops: pd.DataFrame | None = None  # attention, matmul, embedding, norm, softmax: see hwsearch.graph_ops
+    heads: dict[str, HeadGroup] = field(default_factory=dict)  # attention blocks by query projection
 
     @property
     def layers(self) -> list[str]:
@@ -254,9 +256,30 @@ def analyze(
     for gid, reason in refused.items():
         groups[gid] = dataclasses.replace(groups[gid], prunable=False, reason=reason)
     table["channel_prunable"] = [g >= 0 and groups[g].prunable for g in table["out_group"]]
+    heads = {h.leader: h for h in find_head_groups(nodes, table)}
+    _add_head_columns(table, heads)
+    ops = _op_table(op_rows, group_of)
+    ops["head_leader"] = [next((h.leader for h in heads.values() if h.node == n and not h.reason), "")
+                          for n in ops.index]
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
                       activations=activations.drop(columns=["src"]), groups=groups,
-                      uncovered=tuple(uncovered), ops=_op_table(op_rows, group_of))
+                      uncovered=tuple(uncovered), ops=ops, heads=heads)
+
+
+def _add_head_columns(table: pd.DataFrame, heads: dict[str, HeadGroup]) -> None:
+    """The head geometry of every projection of a prunable attention block as table columns
+    (:data:`hwsearch.graph_heads.HEAD_COLUMNS`; "" / 0 for other layers), so that
+    :func:`hwsearch.core.resolve.resolve` and the batch pricer read heads from the table alone."""
+    cols: dict[str, list] = {c: [] for c in HEAD_COLUMNS}
+    role_of = {layer: (h, role) for h in heads.values() if not h.reason for layer, role in h.roles.items()}
+    for layer in table.index:
+        h, role = role_of.get(layer, (None, ""))
+        cols["head_leader"].append(h.leader if h else "")
+        cols["head_role"].append(role)
+        for c in ("heads", "kv_heads", "head_dim", "v_head_dim"):
+            cols[c].append(int(getattr(h, c)) if h else 0)
+    for c, v in cols.items():
+        table[c] = v
 
 
 def _channel_groups(
@@ -355,7 +378,7 @@ def _attention_operands(nodes: list[torch.fx.Node], group_of: dict[str, int],
     their channels are split into heads by reshapes written in the model (``view(B, L, heads,
     head_dim)``) and contracted against each other, so removing single channels either breaks the
     model or silently changes what it computes. Refused at analysis with this reason (head
-    pruning, which removes whole heads consistently, is the structured unit there)."""
+    pruning, :mod:`hwsearch.graph_heads`, removes whole heads consistently: the structured unit there)."""
     out: dict[int, str] = {}
     for node in nodes:
         if node.op != "call_function" or op_kind(node.target) not in ("attention", "matmul"):
@@ -366,7 +389,8 @@ def _attention_operands(nodes: list[torch.fx.Node], group_of: dict[str, int],
             g = int(group_of.get(arg.name, _UNKNOWN_GROUP))
             if g >= 0 and groups[g].prunable and g not in out:
                 out[g] = (f"its channels feed {node.name!r} ({node.target}), an attention or matmul operand split "
-                          "into heads; single channels cannot be removed there (whole heads would have to be)")
+                          "into heads; single channels cannot be removed there (remove whole heads: pattern 'head' on the "
+                          "block's query projection)")
     return out
 
 

@@ -56,7 +56,8 @@ class Decisions:
     plan's resolution, ``pruned_channels[gid]`` the removed channel indices of each group and
     ``columns[layer]`` the index map of the channel-pruned weight: row ``i`` of it is original
     row ``keep_out[i]``, its column ``j`` original column ``columns[layer][i, j]`` of
-    ``weight.shape[1]`` (per row because grouped convs keep different columns per conv group)."""
+    ``weight.shape[1]`` (per row because grouped convs keep different columns per conv group);
+    ``heads[q]`` the query and KV heads kept in the attention block of query projection ``q``."""
 
     keep_out: dict[str, torch.Tensor | None]
     keep_in: dict[str, torch.Tensor | None]
@@ -65,6 +66,7 @@ class Decisions:
     sub_masks: dict[str, torch.Tensor]
     resolved: pd.DataFrame
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    heads: dict[str, tuple[int, int]] = field(default_factory=dict)  # query projection -> kept (heads, KV heads)
 
 
 def _expand(idx: torch.Tensor, factor: int) -> torch.Tensor:
@@ -128,6 +130,48 @@ def _column_map(layer: str, row: pd.Series, w_shape: tuple[int, ...], oi: torch.
     return ii[None, :].expand(len(oi), -1).clone()
 
 
+def _head_rows(idx: list[int], width: int) -> torch.Tensor:
+    """Rows (or columns) of the heads ``idx``, ``width`` each, in order."""
+    return (torch.tensor(sorted(idx))[:, None] * width + torch.arange(width)[None, :]).flatten()
+
+
+def _decide_heads(graph: ModelGraph, plan: Plan, res: pd.DataFrame, scores: dict[str, torch.Tensor]
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """Kept output rows of q/k/v and input columns of the output projection of every attention
+    block whose heads ``plan`` prunes, and the kept head counts. A query head scores the summed
+    squared scores of its q rows and output-projection columns, a KV head those of its k and v
+    rows; ``head`` keeps the KV groups (KV head + its query heads) of highest total, ``qhead`` the
+    highest query heads within every KV group."""
+    keep_out: dict[str, torch.Tensor] = {}
+    keep_in: dict[str, torch.Tensor] = {}
+    kept: dict[str, tuple[int, int]] = {}
+    for q, h in graph.heads.items():
+        choice = plan.get_choice(q)
+        if h.reason or choice.pattern not in patterns.HEAD_PATTERNS:
+            continue
+        d, dv, g = h.head_dim, h.v_head_dim, h.group_size
+        sq = lambda layer: scores[layer].double().pow(2)  # noqa: E731
+        qh = sq(h.q).reshape(h.heads, -1).sum(1) + sq(h.o).reshape(-1, h.heads, dv).sum((0, 2))
+        kvh = sq(h.k).reshape(h.kv_heads, -1).sum(1) + sq(h.v).reshape(h.kv_heads, -1).sum(1)
+        n_q = int(res.at[h.q, "kept_out"]) // d
+        n_kv = int(res.at[h.k, "kept_out"]) // d
+        if choice.pattern == "head":
+            unit = qh.reshape(h.kv_heads, g).sum(1) + kvh
+            kv_idx = torch.topk(unit, n_kv).indices.tolist()
+            q_idx = [j * g + i for j in kv_idx for i in range(g)]
+        else:
+            per = n_q // h.kv_heads
+            kv_idx = list(range(h.kv_heads))
+            q_idx = [j * g + int(i) for j in kv_idx for i in torch.topk(qh[j * g:(j + 1) * g], per).indices]
+        keep_out[h.q] = _head_rows(q_idx, d)
+        keep_in[h.o] = _head_rows(q_idx, dv)
+        if n_kv < h.kv_heads:
+            keep_out[h.k] = _head_rows(kv_idx, d)
+            keep_out[h.v] = _head_rows(kv_idx, dv)
+        kept[q] = (len(q_idx), len(kv_idx))
+    return keep_out, keep_in, kept
+
+
 def _iterative_sparsity(res: pd.DataFrame, layers: list[str]) -> float:
     total = float(res.loc[layers, "weight_params"].sum())
     kept = float(res.loc[layers, "nnz"].sum())
@@ -158,6 +202,9 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
     for gid, g in graph.groups.items():
         if any(res.at[p, "out_frac"] < 1 for p in g.producers):
             need_scores.update(g.producers)
+    for q, h in graph.heads.items():  # every projection of a block losing heads scores its heads
+        if not h.reason and plan.get_choice(q).pattern in patterns.HEAD_PATTERNS:
+            need_scores.update((h.q, h.k, h.v, h.o))
     scored = sorted(need_scores, key=lambda n: int(table.at[n, "order"]))
     scores: dict[str, torch.Tensor] = {}
     if scored:
@@ -170,13 +217,14 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
     pruned: dict[int, list[int]] = {}
     for gid, g in graph.groups.items():
         kept = int(res.at[g.leader, "kept_out"])
-        if kept >= g.channels:
+        if kept >= g.channels or bool(res.at[g.leader, "head_pruned"]):  # heads: decided per block below
             continue
         ch = sum(scores[p].reshape(g.channels, -1).double().pow(2).sum(1).sqrt() for p in g.producers)
         keep = _select_channels(ch, kept, channel_segments(table, graph.groups, gid))
         group_keep[gid] = keep
         pruned[gid] = sorted(set(range(g.channels)) - set(keep.tolist()))
 
+    head_out, head_in, head_kept = _decide_heads(graph, plan, res, scores)
     keep_out: dict[str, torch.Tensor | None] = {}
     keep_in: dict[str, torch.Tensor | None] = {}
     masks: dict[str, torch.Tensor] = {}
@@ -185,8 +233,8 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
     mods = dict(graph.model.named_modules())
     for layer in table.index:
         row = res.loc[layer]
-        ko = group_keep.get(int(row["out_group"]))
-        ki = _in_columns(row, group_keep, graph)
+        ko = head_out.get(layer, group_keep.get(int(row["out_group"])))
+        ki = head_in.get(layer, _in_columns(row, group_keep, graph))
         keep_out[layer], keep_in[layer] = ko, ki
         if layer not in need_scores:
             continue
@@ -205,7 +253,7 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
         full = torch.zeros(w.shape, dtype=torch.bool)
         full[oi[:, None], cols] = sm
         masks[layer] = full
-    return Decisions(keep_out, keep_in, pruned, masks, sub_masks, res, columns)
+    return Decisions(keep_out, keep_in, pruned, masks, sub_masks, res, columns, head_kept)
 
 
 class _Mask(nn.Module):
@@ -284,6 +332,8 @@ def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask",
             mod = mods[layer]
             mod.weight = nn.Parameter(torch.zeros((mod.weight.shape[0], mod.in_channels // mod.groups)
                                                   + tuple(mod.weight.shape[2:]), dtype=mod.weight.dtype))
+    if dec.heads:
+        _fold_heads(graph, dec, mods)
     with torch.no_grad():
         for layer, (w0, b0) in originals.items():
             ko = dec.keep_out.get(layer)
@@ -303,6 +353,40 @@ def apply(graph: ModelGraph, plan: Plan | Decisions, *, mode: str = "mask",
             if b0 is not None:
                 mod.bias.copy_(b0[oi])
     return model
+
+
+# Attributes attention modules keep their head counts in (this project's ViT, Hugging Face BERT,
+# Llama/Qwen, GPT-style blocks): updated when they hold the old value.
+_HEAD_ATTRS = ("heads", "num_heads", "n_heads", "n_head", "num_attention_heads")
+_KV_ATTRS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads")
+
+
+def _fold_heads(graph: ModelGraph, dec: Decisions, mods: dict[str, nn.Module]) -> None:
+    """Resize the projections of every head-pruned attention block to the decided widths (the
+    weights are written from the originals afterwards) and update the head counts the attention
+    module keeps (``num_attention_heads``, ``num_key_value_groups``, ``all_head_size``, …: see
+    :data:`_HEAD_ATTRS`). A module that computes its heads from a stored width those names miss
+    would reshape wrongly: ``export --verify`` and the fold-equals-mask tests catch it."""
+    for q, (n_q, n_kv) in dec.heads.items():
+        h = graph.heads[q]
+        for layer in (h.q, h.k, h.v, h.o):
+            mod = mods[layer]
+            out_f = len(dec.keep_out[layer]) if dec.keep_out.get(layer) is not None else mod.out_features
+            in_f = len(dec.keep_in[layer]) if dec.keep_in.get(layer) is not None else mod.in_features
+            if (out_f, in_f) == (mod.out_features, mod.in_features):
+                continue
+            mod.weight = nn.Parameter(torch.empty(out_f, in_f, dtype=mod.weight.dtype))
+            if mod.bias is not None and out_f != mod.bias.shape[0]:
+                mod.bias = nn.Parameter(torch.empty(out_f, dtype=mod.bias.dtype))
+            mod.out_features, mod.in_features = out_f, in_f
+        attn = mods.get(q.rsplit(".", 1)[0]) if "." in q else None
+        if attn is None:
+            continue
+        for name, old, new in ([(a, h.heads, n_q) for a in _HEAD_ATTRS] + [(a, h.kv_heads, n_kv) for a in _KV_ATTRS]
+                               + [("num_key_value_groups", h.group_size, n_q // n_kv),
+                                  ("all_head_size", h.heads * h.head_dim, n_q * h.head_dim)]):
+            if isinstance(getattr(attn, name, None), int) and getattr(attn, name) == old:
+                setattr(attn, name, new)
 
 
 def global_plan(graph: ModelGraph, sparsity: float, *, criterion: str | importance.Criterion = "magnitude",

@@ -2,7 +2,9 @@
 
 Each layer gets a categorical ``<layer>:pattern`` among the patterns the target can run and the
 layer's shape allows, and a ``<layer>:ratio`` in [0, max_ratio] (step 0.05). Channel pruning is
-offered only on a channel group's leader (coupled layers follow it). The layer-collapse guard
+offered only on a channel group's leader (coupled layers follow it), head pruning (``head``,
+``qhead``: :mod:`hwsearch.graph_heads`) only on an attention block's query projection. The
+layer-collapse guard
 is ``min_density``: no layer keeps fewer than that fraction of its weights or channels, and
 :meth:`SearchSpace.guard_report` names the layers where it binds.
 """
@@ -78,6 +80,13 @@ class SearchSpace:
                         why = getattr(graph.groups.get(int(t.at[layer, "out_group"])), "reason", "")
                         if why:  # refused at analysis (attention heads, a residual stream): say so
                             dropped.setdefault(layer, {})[p] = why
+                    continue
+                if p in patterns.HEAD_PATTERNS:
+                    why = _head_refusal(graph, layer, p)
+                    if why is None:
+                        opts.append(p)
+                    elif why:
+                        dropped.setdefault(layer, {})[p] = why
                     continue
                 choice = LayerChoice(p, 0.5 if p != "nm" else 0.0, n=nm[0], m=nm[1], block=block)
                 try:
@@ -161,18 +170,23 @@ class SearchSpace:
         """The layers that may lose channels (channel-group leaders offered ``channel``)."""
         return [layer for layer, opts in self.allowed.items() if "channel" in opts]
 
+    def head_layers(self) -> list[str]:
+        """The query projections of attention blocks offered ``head``."""
+        return [layer for layer, opts in self.allowed.items() if "head" in opts]
+
     def seed_plans(self, ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)) -> list[Plan]:
-        """Uniform channel plans (every layer that may lose channels at one ratio; ratios on the
-        space's grid and at most ``max_ratio``): the first generation of a search starts from
-        these classic hand-set points as well as from random ones, so the search begins where the
-        uniform baseline ends. Empty when no layer may lose channels."""
-        layers = self.channel_layers()
+        """Uniform structured plans (every layer that may lose channels, and every attention
+        block that may lose heads, at one ratio; ratios on the space's grid and at most
+        ``max_ratio``): the first generation of a search starts from these classic hand-set points
+        as well as from random ones, so the search begins where the uniform baseline ends. Empty
+        when no layer may lose channels or heads."""
+        layers = [(layer, "channel") for layer in self.channel_layers()] + [(q, "head") for q in self.head_layers()]
         if not layers:
             return []
         out = []
         for r in ratios:
             r = min(self.max_ratio, round(r / self.step) * self.step)
-            out.append(Plan({layer: LayerChoice("channel", round(r, 6)) for layer in layers}))
+            out.append(Plan({layer: LayerChoice(pat, round(r, 6)) for layer, pat in layers}))
         return list({p.key: p for p in out}.values())
 
     def channel_levels(self, channel_multiple: int = 8) -> dict[str, list[float]]:
@@ -311,6 +325,19 @@ class SearchSpace:
                     r["out_frac"] * r["out_channels"] <= max(self.min_density * r["out_channels"], 8) + 1e-9 and r["ratio"] > 0:
                 out.append(f"{layer}: channel ratio {r['ratio']:.2f} kept {int(r['kept_out'])} channels (floor)")
         return out
+
+
+def _head_refusal(graph: ModelGraph, layer: str, pattern: str) -> str | None:
+    """None when ``layer`` may take head pattern ``pattern``; why not ("" for a layer that is no
+    attention block's query projection: nothing to report there)."""
+    h = (graph.heads or {}).get(layer)
+    if h is None:
+        return ""
+    if h.reason:
+        return f"attention heads cannot be pruned: {h.reason}"
+    if pattern == "qhead" and h.group_size <= 1:
+        return ""  # multi-head attention: 'head' removes single heads already
+    return None
 
 
 # On a GPU, 2:4 (sold as a speed-up) is offered on a layer only when the cost model predicts it

@@ -40,13 +40,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
+        b, t, _ = x.shape
 
-        def split(h: torch.Tensor) -> torch.Tensor:  # (b, t, d) → (b, heads, t, d / heads)
-            return h.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+        def split(h: torch.Tensor) -> torch.Tensor:  # (b, t, heads·hd) → (b, heads, t, hd)
+            return h.reshape(b, t, self.heads, -1).transpose(1, 2)
 
+        # widths from the projections, not from x: with heads pruned, q/k/v are narrower than x
         h = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
-        return self.out(h.transpose(1, 2).reshape(b, t, d))
+        return self.out(h.transpose(1, 2).reshape(b, t, -1))
 
 
 class EncoderBlock(nn.Module):

@@ -46,6 +46,9 @@ class Figure:
     source: str
 
 
+_LIKE_CHANNEL = ("head", "qhead")  # attention heads: removed physically, run as smaller dense kernels
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """A validated target. ``compute``/``memory`` hold :class:`Figure` values by key;
@@ -74,14 +77,21 @@ class TargetSpec:
     def has(self, section: str, key: str) -> bool:
         return key in getattr(self, section)
 
+    def _pattern_entry(self, pattern: str) -> dict:
+        """The spec's ``[patterns.<pattern>]``; head patterns, which remove weights physically as
+        channel pruning does (smaller dense kernels), take ``[patterns.channel]``'s unless named."""
+        if pattern not in self.patterns and pattern in _LIKE_CHANNEL:
+            return self.patterns.get("channel", {})
+        return self.patterns.get(pattern, {})
+
     def accelerates(self, pattern: str) -> bool:
         """True when the target has a kernel for ``pattern`` that runs faster than dense."""
-        p = self.patterns.get(pattern, {})
+        p = self._pattern_entry(pattern)
         return bool(p.get("kernel", False) and p.get("speedup", False))
 
     def allows(self, pattern: str) -> bool:
         """True when the target can run ``pattern`` at all (dense always)."""
-        return pattern == "dense" or bool(self.patterns.get(pattern, {}).get("kernel", False))
+        return pattern == "dense" or bool(self._pattern_entry(pattern).get("kernel", False))
 
     @property
     def runtimes(self) -> tuple[str, ...]:

@@ -100,7 +100,8 @@ def _assert_same(bp: BatchPricer, graph, cm, codes, ratios, *, dtype="fp32"):
     ratios_ok = np.where((ratios >= 0) & (ratios < 1), ratios, 0.5)  # LayerChoice refuses the rest
     plans = arrays_to_plans(codes, ratios_ok, bp.layers, nm=bp.nm, block=bp.block)
     want = _loop(graph, cm, plans, dtype=dtype, channel_multiple=bp.channel_multiple, min_density=bp.min_density)
-    in_range = ~(((ratios < 0) | (ratios >= 1)) & np.isin(codes, [1, 2, 4])).any(axis=1)
+    uses_ratio = [PATTERN_CODES[p] for p in ("unstructured", "channel", "block", "head", "qhead")]
+    in_range = ~(((ratios < 0) | (ratios >= 1)) & np.isin(codes, uses_ratio)).any(axis=1)
     want.loc[~in_range, "valid"] = False
     np.testing.assert_array_equal(got["valid"], want["valid"].to_numpy())
     v = want["valid"].to_numpy()

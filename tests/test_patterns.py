@@ -151,6 +151,6 @@ def test_nm_compress_refusals() -> None:
 
 def test_registry_names_the_valid_patterns() -> None:
     # registration order: the built-ins first, in the order of batch pricing's pattern codes
-    assert patterns.names() == ["dense", "unstructured", "channel", "nm", "block"]
-    with pytest.raises(PlanError, match="valid: block, channel, dense, nm, unstructured"):
+    assert patterns.names() == ["dense", "unstructured", "channel", "nm", "block", "head", "qhead"]
+    with pytest.raises(PlanError, match="valid: block, channel, dense, head, nm, qhead, unstructured"):
         patterns.get("2:4")

@@ -19,6 +19,8 @@ nm         ``rows·cols·N/M`` values + ``ceil(log2 M)`` bits of index metadata 
            packed (the layout of NVIDIA's sparse tensor cores for 2:4: 2 bits per value)
 block      kept blocks × ``bh·bw`` values + BSR index: one column index per kept block
            (1/2/4 bytes as above) and ``rows/bh + 1`` block-row pointers (2 or 4 bytes)
+head,      dense storage of the smaller projections (heads are removed before this view)
+qhead
 ========== ======================================================================================
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hwsearch.core.errors import PlanError
 if TYPE_CHECKING:  # a plan's choices are validated against this registry: plan imports patterns
     from hwsearch.core.plan import LayerChoice
 
-__all__ = ["Pattern", "StorageBytes", "NMCompressed", "nm_compress", "nm_decompress", "get", "names",
+__all__ = ["Pattern", "StorageBytes", "STRUCTURAL", "HEAD_PATTERNS", "NMCompressed", "nm_compress", "nm_decompress", "get", "names",
            "register", "idx_bytes_array", "ptr_bytes_array"]
 
 
@@ -266,6 +268,33 @@ class Block(Pattern):
         return z * dtype_bytes + kept_blocks * idx_bytes_array(c // bw) + (r // bh + 1) * ptr_bytes_array(kept_blocks)
 
 
+class Head(Pattern):
+    """Whole attention heads removed from an attention block, given on its query projection: with
+    grouped-query attention whole KV groups (a key/value head and the query heads reading it), with
+    multi-head attention single heads. Physical removal, like ``channel``: the q/k/v projections
+    lose the heads' output rows, the output projection their input columns (see
+    :mod:`hwsearch.graph_heads`; :func:`hwsearch.core.resolve.resolve` computes the shapes)."""
+
+    name = "head"
+
+    def storage_bytes_array(self, rows: np.ndarray, cols: np.ndarray, nnz: np.ndarray, choice: LayerChoice,
+                            dtype_bytes: int) -> np.ndarray:
+        return _dense_bytes_array(rows, cols, dtype_bytes)
+
+
+class QHead(Head):
+    """Grouped-query attention only: the same number of query heads removed from every KV group,
+    every key/value head kept (the KV cache keeps its size)."""
+
+    name = "qhead"
+
+
+#: Patterns that remove whole structures (smaller dense kernels), not zeros inside a weight.
+STRUCTURAL = frozenset({"channel", "head", "qhead"})
+#: Patterns given on an attention block's query projection.
+HEAD_PATTERNS = frozenset({"head", "qhead"})
+
+
 @dataclass(frozen=True)
 class NMCompressed:
     """An N:M-sparse 2-D weight as a kernel reads it.
@@ -359,9 +388,9 @@ def get(name: str) -> Pattern:
 
 def names() -> list[str]:
     """Registered pattern names in registration order (the built-ins first: dense,
-    unstructured, channel, nm, block — the order of pattern codes in batch pricing)."""
+    unstructured, channel, nm, block, head, qhead — the order of pattern codes in batch pricing)."""
     return list(_REGISTRY)
 
 
-for _p in (Dense(), Unstructured(), Channel(), NM(), Block()):
+for _p in (Dense(), Unstructured(), Channel(), NM(), Block(), Head(), QHead()):
     register(_p)

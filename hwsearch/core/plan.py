@@ -116,23 +116,40 @@ class Plan(Mapping[str, LayerChoice]):
         parts = [f"{k}:{v.pattern}@{v.ratio:.2f}" for k, v in self.choices.items() if v.pattern != "dense"]
         return ", ".join(parts) or "dense"
 
-    def compact(self, sep: str = " · ") -> str:
+    def compact(self, sep: str = " · ", *, short: bool = True) -> str:
         """A short per-layer notation for tables: ``down ch50 · head un70 · pw 2:4`` — ``chX``:
         X % of the layer's output channels removed, ``unX``: X % of its weights zeroed, ``N:M``:
-        N of every M weights kept, ``bkX[RxC]``: X % of its R×C weight blocks zeroed; layers
-        not named stay dense ("dense" when all do). See :data:`COMPACT_LEGEND`."""
+        N of every M weights kept, ``bkX[RxC]``: X % of its R×C weight blocks zeroed, ``hdX`` /
+        ``qhX``: X % of an attention block's heads (KV groups) / query heads per KV group removed
+        (named by its query projection); layers not named stay dense ("dense" when all do). See
+        :data:`COMPACT_LEGEND`. With ``short``, the dotted prefix every named layer shares
+        (``hf.model.layers.`` in a Hugging Face model) is left out."""
+        named = [(layer, c) for layer, c in self.choices.items() if c.pattern != "dense"]
+        cut = _common_prefix_len([layer for layer, _ in named]) if short and len(named) > 1 else 0
         parts = []
-        for layer, c in self.choices.items():
+        for layer, c in named:
+            layer = layer[cut:]
             pct = f"{round(c.ratio * 100, 1):g}"
             if c.pattern == "nm":
                 parts.append(f"{layer} {c.n}:{c.m}")
             elif c.pattern == "block":
                 parts.append(f"{layer} bk{pct}[{c.block[0]}x{c.block[1]}]")
-            elif c.pattern != "dense":
-                parts.append(f"{layer} {_COMPACT_CODES[c.pattern]}{pct}")
+            else:
+                parts.append(f"{layer} {_COMPACT_CODES.get(c.pattern, c.pattern + ' ')}{pct}")
         return sep.join(parts) or "dense"
 
 
-_COMPACT_CODES = {"channel": "ch", "unstructured": "un"}
+def _common_prefix_len(names: list[str]) -> int:
+    """Length of the dotted prefix (whole components, ending in '.') all ``names`` share,
+    leaving each at least its last component."""
+    split = [n.split(".") for n in names]
+    k = 0
+    while all(len(p) > k + 1 for p in split) and len({p[k] for p in split}) == 1:
+        k += 1
+    return sum(len(c) + 1 for c in split[0][:k]) if names else 0
+
+
+_COMPACT_CODES = {"channel": "ch", "unstructured": "un", "head": "hd", "qhead": "qh"}
 COMPACT_LEGEND = ("chX / unX: X% of a layer's output channels removed / weights zeroed; N:M: N of every M weights "
-                  "kept; bkX[RxC]: X% of RxC weight blocks zeroed; layers not named stay dense")
+                  "kept; bkX[RxC]: X% of RxC weight blocks zeroed; hdX / qhX: X% of an attention block's heads / "
+                  "query heads per KV group removed (on its query projection); layers not named stay dense")

@@ -17,7 +17,7 @@ from hwsearch.core import patterns
 from hwsearch.core.errors import PlanError
 from hwsearch.core.plan import Plan
 
-__all__ = ["resolve", "kept_channels", "channel_segments", "input_slices"]
+__all__ = ["resolve", "kept_channels", "kept_units", "head_shapes", "channel_segments", "input_slices"]
 
 
 def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: float = 0.0) -> int:
@@ -39,6 +39,70 @@ def kept_channels(channels: int, ratio: float, multiple: int = 8, min_density: f
     if kept < floor:
         kept = floor if channels <= multiple else min(channels, math.ceil(floor / multiple) * multiple)
     return int(min(channels, kept))
+
+
+def kept_units(units: int, ratio: float, min_density: float = 0.0) -> int:
+    """Whole units (attention heads, KV groups) kept when removing ``ratio`` of ``units``: the
+    nearest count, at least one, at least ``ceil(min_density * units)``, at most ``units``."""
+    if ratio <= 0.0:
+        return int(units)
+    kept = max(1, int(round(units * (1.0 - ratio))), math.ceil(min_density * units - 1e-9))
+    return int(min(units, kept))
+
+
+def _head_rows(table: pd.DataFrame) -> pd.DataFrame:
+    if "head_role" not in table.columns:
+        return table.iloc[0:0]
+    return table[table["head_role"].astype(str) != ""]
+
+
+def head_shapes(table: pd.DataFrame, plan: Plan, min_density: float = 0.0
+                ) -> tuple[dict[str, int], dict[str, int], set[str]]:
+    """The shapes a plan's ``head`` / ``qhead`` choices give (see :mod:`hwsearch.graph_heads`):
+    kept output features of the q/k/v projections, kept input features of each output
+    projection, and the query projections whose ``min_density`` floor kept more heads than the
+    ratio asks. ``head`` keeps ``kept_units(Hkv, ratio)`` KV groups with their ``H/Hkv`` query
+    heads each; ``qhead`` keeps ``kept_units(H/Hkv, ratio)`` query heads in every KV group and
+    every KV head. Raises :class:`PlanError` for a head choice on a layer that is not the query
+    projection of a prunable attention block, and for ``qhead`` without grouped-query attention."""
+    heads = _head_rows(table)
+    out: dict[str, int] = {}
+    inp: dict[str, int] = {}
+    binds: set[str] = set()
+    for layer, choice in plan.items():
+        if choice.pattern not in patterns.HEAD_PATTERNS:
+            continue
+        if layer not in heads.index or heads.at[layer, "head_role"] != "q":
+            leaders = sorted(set(heads["head_leader"])) if len(heads) else []
+            raise PlanError(f"{choice.pattern} pruning is given on an attention block's query projection; "
+                            f"{layer!r} is not one (query projections: {', '.join(leaders) or 'none in this model'})")
+        row = heads.loc[layer]
+        h, hkv, d, dv = (int(row[c]) for c in ("heads", "kv_heads", "head_dim", "v_head_dim"))
+        g = h // hkv
+        if choice.pattern == "qhead":
+            if g <= 1:
+                raise PlanError(f"qhead pruning needs grouped-query attention (more query heads than KV heads); "
+                                f"{layer!r} has {h} query and {hkv} KV heads: use pattern 'head'")
+            k = kept_units(g, choice.ratio, min_density)
+            kept_h, kept_kv = hkv * k, hkv
+            binds_ = k > kept_units(g, choice.ratio)
+        else:
+            k = kept_units(hkv, choice.ratio, min_density)
+            kept_h, kept_kv = k * g, k
+            binds_ = k > kept_units(hkv, choice.ratio)
+        if binds_:
+            binds.add(layer)
+        block = heads[heads["head_leader"] == layer]
+        for member, role in zip(block.index, block["head_role"]):
+            if role == "q":
+                out[member] = kept_h * d
+            elif role == "k":
+                out[member] = kept_kv * d
+            elif role == "v":
+                out[member] = kept_kv * dv
+            elif role == "o":
+                inp[member] = kept_h * dv
+    return out, inp, binds
 
 
 def _is_coupled_depthwise(row: pd.Series) -> bool:
@@ -137,8 +201,12 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     A layer fed by several channel groups (``torch.cat``) loses the pruned columns of each.
     Grouped convolutions keep the same number of channels in every conv group (the kept count
     is rounded to a multiple of the number of segments, see :func:`channel_segments`).
+    ``head`` / ``qhead`` choices on an attention block's query projection shrink its q/k/v
+    projections' outputs and its output projection's inputs (:func:`head_shapes`); those rows have
+    ``head_pruned`` True.
     Raises :class:`PlanError` for unknown layers, channel ratios on layers that cannot take
-    them, grouped convs left unbalanced, and shapes a pattern cannot tile.
+    them, head choices off a query projection, grouped convs left unbalanced, and shapes a pattern
+    cannot tile.
     """
     unknown = set(plan) - set(table.index)
     if unknown:
@@ -169,6 +237,8 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     def removed_frac(gid: int) -> float:
         return 1.0 - group_kept[gid] / int(groups[gid].channels)
 
+    head_out, head_in, head_binds = head_shapes(table, plan, min_density)
+
     out = table.copy()
     rows = []
     for layer, row in table.iterrows():
@@ -176,13 +246,14 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
         og = int(row["out_group"])
         in_c, out_c = int(row["in_channels"]), int(row["out_channels"])
         groups_ = int(row["groups"])
-        kept_out = group_kept.get(og, out_c)
+        kept_out = head_out.get(layer, group_kept.get(og, out_c))
         of = kept_out / out_c
         slices = [sl for sl in input_slices(row) if sl[0] in group_kept]
         if _is_coupled_depthwise(row):
             kept_in = kept_out
         else:
             kept_in = in_c - sum(int(round(groups[g].channels * removed_frac(g))) * e for g, _, e in slices)
+        kept_in = head_in.get(layer, kept_in)
         inf = kept_in / in_c
         if _is_coupled_depthwise(row):
             per_group_in, eff_groups = 1, kept_out
@@ -219,7 +290,9 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
             "nnz": int(round(dense_weights * density)),
             "act_out_bytes_kept": int(round(row["act_out_bytes"] * of)),
             "act_in_bytes_kept": int(round(row["act_in_bytes"] * inf)),
-            "min_density_binds": weight_binds or (choice.pattern == "channel" and group_binds.get(og, False)),
+            "min_density_binds": weight_binds or (choice.pattern == "channel" and group_binds.get(og, False))
+            or layer in head_binds,
+            "head_pruned": layer in head_out or layer in head_in,
         })
     extra = pd.DataFrame(rows, index=table.index)
     for col in extra.columns:

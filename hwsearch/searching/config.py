@@ -44,7 +44,7 @@ class SearchConfig:
     sitting_rounds: int = 15              # interleaved rounds per pass
     tuning_trials: int = 64               # MetaSchedule trials per model in "tuned" mode
     samples: int = 8                      # schedules sampled per function in "quick" mode
-    patterns: tuple[str, ...] = ("dense", "unstructured", "channel")
+    patterns: tuple[str, ...] = ("dense", "unstructured", "channel", "head", "qhead")
     criterion: str = "magnitude"
     max_ratio: float = 0.9
     min_density: float = 0.05

@@ -20,6 +20,8 @@ CHOICES = {
     "channel": LayerChoice("channel", 0.5),
     "nm": LayerChoice("nm", n=2, m=4),
     "block": LayerChoice("block", 0.5, block=(4, 4)),
+    "head": LayerChoice("head", 0.5),     # structural: heads go before the weight view (like channel)
+    "qhead": LayerChoice("qhead", 0.5),
 }
 
 
