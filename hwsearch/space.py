@@ -22,7 +22,7 @@ from hwsearch.core import patterns
 from hwsearch.core.errors import PlanError
 from hwsearch.graph import ModelGraph
 from hwsearch.core.plan import LayerChoice, Plan
-from hwsearch.core.resolve import resolve
+from hwsearch.core.resolve import kept_units, resolve
 
 __all__ = ["SearchSpace"]
 
@@ -151,9 +151,34 @@ class SearchSpace:
         for layer, opts in self.allowed.items():
             pat = trial.suggest_categorical(f"{layer}:pattern", list(opts)) if len(opts) > 1 else "dense"
             ratio = trial.suggest_float(f"{layer}:ratio", 0.0, self.max_ratio, step=self.step) if len(opts) > 1 else 0.0
+            if pat in patterns.HEAD_PATTERNS:
+                pat, ratio = self._whole_heads(layer, pat, ratio)
             if pat != "dense":
                 choices[layer] = LayerChoice(pat, ratio, n=nm[0], m=nm[1], block=block)
         return Plan(choices)
+
+    def _whole_heads(self, layer: str, pattern: str, ratio: float) -> tuple[str, float]:
+        """A head ratio as the share of whole units it removes (2 KV groups at 0.3 keep both:
+        dense; at 0.6 keep one: 0.5), so that a plan says what it removes."""
+        h = self.graph.heads[layer]
+        units = h.kv_heads if pattern == "head" else h.group_size
+        kept = kept_units(units, ratio, self.min_density)
+        return ("dense", 0.0) if kept >= units else (pattern, round(1.0 - kept / units, 6))
+
+    def whole_heads(self, plan: Plan) -> Plan:
+        """``plan`` with its head choices stated as the whole heads they remove (see
+        :meth:`_whole_heads`; a head choice that removes none is dropped)."""
+        if not any(c.pattern in patterns.HEAD_PATTERNS for c in plan.values()):
+            return plan
+        out = {}
+        for layer, c in plan.items():
+            if c.pattern in patterns.HEAD_PATTERNS and layer in (self.graph.heads or {}):
+                pat, r = self._whole_heads(layer, c.pattern, c.ratio)
+                if pat != "dense":
+                    out[layer] = LayerChoice(pat, r)
+            else:
+                out[layer] = c
+        return Plan(out)
 
     def params_of(self, plan: Plan) -> dict[str, object]:
         """Optuna parameters that reproduce ``plan`` (for ``study.enqueue_trial``)."""
@@ -186,7 +211,7 @@ class SearchSpace:
         out = []
         for r in ratios:
             r = min(self.max_ratio, round(r / self.step) * self.step)
-            out.append(Plan({layer: LayerChoice(pat, round(r, 6)) for layer, pat in layers}))
+            out.append(self.whole_heads(Plan({layer: LayerChoice(pat, round(r, 6)) for layer, pat in layers})))
         return list({p.key: p for p in out}.values())
 
     def channel_levels(self, channel_multiple: int = 8) -> dict[str, list[float]]:
@@ -313,6 +338,7 @@ class SearchSpace:
         if len(pairs) > max_pairs:
             pairs = random.Random(seed).sample(pairs, max_pairs)
         out += [with_({i: ci, j: cj}) for i, ci, j, cj in pairs]
+        out = [self.whole_heads(p) for p in out]
         return [p for p in {p.key: p for p in out}.values() if p.key != plan.key]
 
     def guard_report(self, resolved) -> list[str]:

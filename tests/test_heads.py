@@ -205,3 +205,21 @@ def test_zoo_transformers_fold_pruned_heads_to_the_masked_outputs(factory, patte
         n_q, n_kv = dec.heads[q]
         assert n_q == h.heads // 2 and n_kv == (h.kv_heads // 2 if pattern == "head" else h.kv_heads)
         assert dict(folded.named_modules())[h.o].in_features == n_q * h.v_head_dim
+
+
+def test_search_plans_state_the_whole_heads_they_remove():
+    g = _graph(8, 2)
+    space = SearchSpace.build(g, get_target("host-x86"), patterns_wanted=("dense", "head", "qhead"), min_density=0.0)
+    # 2 KV groups: 0.2 removes none (dense), 0.6 removes one (0.5); 4 query heads per group: 0.3 removes one (0.25)
+    assert space.whole_heads(Plan({"attn.q": LayerChoice("head", 0.2)})) == Plan()
+    assert space.whole_heads(Plan({"attn.q": LayerChoice("head", 0.6)})) == Plan({"attn.q": LayerChoice("head", 0.5)})
+    assert space.whole_heads(Plan({"attn.q": LayerChoice("qhead", 0.3)})) == Plan({"attn.q": LayerChoice("qhead", 0.25)})
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        c = space.suggest(study.ask()).get_choice("attn.q")
+        if c.pattern == "head":
+            assert c.ratio == 0.5
+        elif c.pattern == "qhead":
+            assert c.ratio in (0.25, 0.5, 0.75)

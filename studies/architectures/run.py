@@ -61,6 +61,8 @@ def analysis_row(name: str, graph) -> dict:
     return {"model": name, "layers": len(graph.table), "groups": len(graph.groups),
             "prunable_groups": sum(g.prunable for g in groups),
             "refused_groups": sum(bool(g.reason) for g in groups),
+            "attention_blocks": len(graph.heads),
+            "head_prunable_blocks": sum(not h.reason for h in graph.heads.values()),
             "ops": ", ".join(f"{k} {n}" for k, n in ops["kind"].value_counts().sort_index().items()) or "—",
             "uncovered": len(graph.uncovered)}
 
