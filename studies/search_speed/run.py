@@ -1,7 +1,8 @@
 """Benchmark: how fast can plans be priced, and what does Optuna cost per trial?
 
-On a 50-layer 1-D CNN (built here, random weights: pricing never looks at them) and the
-``host-x86`` target's roofline cost model this measures
+On a 50-layer 1-D CNN (built here, random weights: pricing never looks at them), a 12-block ViT
+(74 layers, plans with attention heads) and the ``host-x86`` target's roofline cost model this
+measures
 
 1. plans/s of the per-plan loop ``cost_model.predict(graph, plan)`` (resolve + roofline +
    storage + peak SRAM, what the search calls per trial) against
@@ -41,6 +42,7 @@ from costmodels.batch import BatchPricer
 from hwsearch.graph import analyze
 from hwsearch.measure import versions
 from hwsearch.space import SearchSpace
+from hwsearch.zoo_vit import ViTDigits
 from targets.spec import get_target
 
 log = logging.getLogger("search_speed")
@@ -93,11 +95,12 @@ class DeepCNN1d(nn.Module):
 
 
 # ---- measurements ----------------------------------------------------------------------------
-def bench_pricing(graph, target, *, loop_plans: int, batch_plans: int, runs: int, min_density: float) -> list[dict]:
+def bench_pricing(graph, target, *, loop_plans: int, batch_plans: int, runs: int, min_density: float,
+                  model: str = "cnn1d", patterns: tuple[str, ...] = ("dense", "unstructured", "channel")) -> list[dict]:
     """Plans/s of the predict() loop and of BatchPricer.price on the same random plans."""
     cm = costmodels.default_for(target)
     bp = BatchPricer(graph, target, cm, min_density=min_density)
-    codes, ratios = bp.random_arrays(batch_plans, seed=0)
+    codes, ratios = bp.random_arrays(batch_plans, seed=0, codes_allowed=patterns)
     plans = bp.arrays_to_plans(codes[:loop_plans], ratios[:loop_plans])
     loop_s, batch_s = [], []
     loop_lat = []
@@ -114,7 +117,8 @@ def bench_pricing(graph, target, *, loop_plans: int, batch_plans: int, runs: int
     rel = np.abs(out["latency_s"][:loop_plans] - np.array(loop_lat)) / np.array(loop_lat)
     loop_ps = loop_plans / statistics.median(loop_s)
     batch_ps = batch_plans / statistics.median(batch_s)
-    common = {"layers": len(graph.table), "runs": runs, "max_rel_diff_latency": float(rel.max())}
+    common = {"model": model, "patterns": "/".join(patterns), "layers": len(graph.table), "runs": runs,
+              "max_rel_diff_latency": float(rel.max())}
     return [
         {"benchmark": "pricing", "config": "loop predict()", "value": loop_ps, "unit": "plans/s",
          "n": loop_plans, "spread": _spread([loop_plans / s for s in loop_s]), **common},
@@ -201,12 +205,14 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     pr = df[(df.benchmark == "pricing") & (df.unit == "plans/s")]
-    a.bar(pr["config"], pr["value"], color=["#999", "#2a7"])
+    labels = [f"{m} ({int(n)} layers)\n{c}" for m, n, c in zip(pr["model"], pr["layers"], pr["config"])]
+    a.bar(labels, pr["value"], color=["#999", "#2a7"] * (len(pr) // 2))
     a.set_yscale("log")
     a.set_ylabel("plans priced per second (log)")
-    a.set_title(f"Pricing a {int(pr['layers'].iloc[0])}-layer model")
-    for x, v in zip(pr["config"], pr["value"]):
-        a.text(x, v, f"{v:,.0f}", ha="center", va="bottom")
+    a.set_title("Pricing plans: per-plan loop vs BatchPricer")
+    a.tick_params(axis="x", labelsize=7)
+    for x, v in zip(labels, pr["value"]):
+        a.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
     op = df[df.benchmark == "optuna"]
     b.bar(op["config"], op["value"], color="#47a")
     b.set_yscale("log")
@@ -220,7 +226,9 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_readme(df: pd.DataFrame, info: dict[str, str], args: argparse.Namespace, path: Path) -> None:
-    pr = df[df.benchmark == "pricing"].set_index("config")
+    allpr = df[df.benchmark == "pricing"]
+    pr = allpr[allpr.model == "cnn1d"].set_index("config")
+    vt = allpr[allpr.model == "vit12"].set_index("config")
     op = df[df.benchmark == "optuna"]
     loop, batch = pr.at["loop predict()", "value"], pr.at["BatchPricer.price", "value"]
     mem = op[op.config == "in-memory"]["value"]
@@ -250,6 +258,21 @@ def write_readme(df: pd.DataFrame, info: dict[str, str], args: argparse.Namespac
         "",
         f"Batch / loop: **{batch / loop:,.0f}×** (same process, same plans; largest relative latency "
         f"difference between the two on those plans: {pr['max_rel_diff_latency'].iloc[0]:.1e}).",
+        "",
+        f"A transformer: a 12-block ViT (`hwsearch.zoo_vit.ViTDigits(depth=12)`, {int(vt['layers'].iloc[0])} "
+        "prunable layers, 12 attention blocks), plans drawn from dense / unstructured / channel / head "
+        "(heads on the query projections):",
+        "",
+        "| pricer | plans/s (median) | range over runs | plans per run | runs |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    for cfg in ("loop predict()", "BatchPricer.price"):
+        r = vt.loc[cfg]
+        lines.append(f"| `{cfg}` | {r['value']:,.0f} | {r['spread']} | {int(r['n'])} | {int(r['runs'])} |")
+    lines += [
+        "",
+        f"Batch / loop: **{vt.at['BatchPricer.price', 'value'] / vt.at['loop predict()', 'value']:,.0f}×** "
+        f"(largest relative latency difference: {vt['max_rel_diff_latency'].iloc[0]:.1e}).",
         "",
         "## Optuna per-trial overhead",
         "",
@@ -318,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model: %d prunable layers, %d channel groups", len(graph.table), len(graph.groups))
     rows = bench_pricing(graph, target, loop_plans=40 if args.quick else 100, batch_plans=4096,
                          runs=args.runs, min_density=args.min_density)
+    # a transformer of 74 prunable layers: a 12-block ViT (random weights), heads in the plans
+    vit = analyze(ViTDigits(depth=12).eval(), torch.randn(1, 3, 32, 32))
+    rows += bench_pricing(vit, target, loop_plans=40 if args.quick else 100, batch_plans=4096, runs=args.runs,
+                          min_density=args.min_density, model="vit12",
+                          patterns=("dense", "unstructured", "channel", "head"))
     rows += bench_optuna(graph, target, trials=args.trials)
     df = pd.DataFrame(rows)
     args.elapsed_s = time.perf_counter() - t_start
