@@ -66,8 +66,9 @@ def _search_parser(sub) -> None:
                    "deployment latency) or tuned (MetaSchedule; the default with --runtime tvm)")
     p.add_argument("--tuning-trials", type=int, default=64, help="MetaSchedule trials per model (tuned mode)")
     p.add_argument("--samples", type=int, default=8, help="schedules sampled per kernel (quick mode)")
-    p.add_argument("--patterns", default="dense,unstructured,channel",
-                   help="comma-separated patterns to search (dense,unstructured,channel,nm,block)")
+    p.add_argument("--patterns", default="dense,unstructured,channel,head,qhead",
+                   help="comma-separated patterns to search (dense,unstructured,channel,nm,block,head,qhead; "
+                   "head/qhead: attention heads / query heads per KV group, given on query projections)")
     p.add_argument("--criterion", default="magnitude", help="importance criterion")
     p.add_argument("--max-ratio", type=float, default=0.9)
     p.add_argument("--min-density", type=float, default=0.05, help="layer-collapse guard: minimum density per layer")
@@ -110,6 +111,9 @@ def _export_parser(sub) -> None:
     p.add_argument("--target", default=None, help="export for another target than the search's (e.g. cortex-a76)")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the pruned model this many steps on the "
                    "search's training data before export (the artefacts are checked against the fine-tuned model)")
+    p.add_argument("--finetune-candidates", type=int, default=5, help="with --finetune-steps and no --plan: fine-tune "
+                   "this many measured plans that met the search's budget (most accurate as cut first) and ship the "
+                   "fastest within --max-drop after fine-tuning; 0 picks by the accuracy as cut")
     p.add_argument("--verify", action="store_true", help="reload every artefact and check its outputs against "
                    "the masked model")
 
@@ -338,7 +342,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     con = _console()
     out, manifest = exporting.from_search(a.search_dir, plan_key=a.plan_key, max_drop=a.max_drop, out=a.out,
                                        target=a.target, progress=lambda m: con.print(escape(m)),
-                                       finetune_steps=a.finetune_steps)
+                                       finetune_steps=a.finetune_steps, finetune_candidates=a.finetune_candidates)
     for k, v in manifest["artifacts"].items():
         con.print(f"  {k}: {v}")
     con.print(f"  manifest: {out / 'manifest.json'}")

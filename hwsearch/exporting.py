@@ -26,6 +26,7 @@ from hwsearch.core.errors import PlanError, StoreError
 from hwsearch.graph import ModelGraph
 from hwsearch.measure import versions
 from hwsearch.core.plan import Plan
+from hwsearch.finetuned_pick import pick_finetuned
 from hwsearch.searching.summary import SearchSummary
 from targets.runtimes import export_onnx
 
@@ -108,13 +109,17 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
 
 def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: float = 0.01, out: Path | None = None,
                 target: str | None = None, progress: Callable[[str], None] | None = None,
-                finetune_steps: int = 0) -> tuple[Path, dict[str, Any]]:
+                finetune_steps: int = 0, finetune_candidates: int = 0) -> tuple[Path, dict[str, Any]]:
     """Export a plan of a finished search (``hwsearch export``): the plan picked by
     :func:`pick_plan`, rebuilt from the search's ``summary.json`` config (model, data, pruning
     settings, BatchNorm recalibration) and bundled by :func:`bundle` for ``target`` (default:
-    the search's) into ``out`` (default ``<search_dir>/export-<plan key>``). Returns (bundle
-    directory, manifest). Nothing is written when no plan qualifies (:class:`NoPlanWithinDrop`);
-    :class:`StoreError` when ``search_dir`` is not a search's output."""
+    the search's) into ``out`` (default ``<search_dir>/export-<plan key>``). With
+    ``finetune_steps`` and ``finetune_candidates`` > 0 (and no ``plan_key``) the plan is picked
+    by its accuracy after the fine-tune instead (:func:`hwsearch.finetuned_pick.pick_finetuned`:
+    the candidates that met the search's latency budget, fine-tuned, the fastest within
+    ``max_drop``); the manifest lists them. Returns (bundle directory, manifest). Nothing is
+    written when no plan qualifies (:class:`NoPlanWithinDrop`); :class:`StoreError` when
+    ``search_dir`` is not a search's output."""
     import costmodels
     from hwsearch import zoo
     from hwsearch.graph import analyze
@@ -124,8 +129,8 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     search_dir = Path(search_dir)
     summary = SearchSummary.load(search_dir)
     cfg = summary.config
-    rec = pick_plan(search_dir, plan_key=plan_key, max_drop=max_drop)
-    plan = Plan.from_dict(rec["plan"])
+    by_finetune = finetune_steps > 0 and finetune_candidates > 0 and not plan_key
+    rec = None if by_finetune else pick_plan(search_dir, plan_key=plan_key, max_drop=max_drop)
     spec = get_target(target or cfg.get("target", "host-x86"))
     if target is None and summary.runtime and spec.runtime != summary.runtime:
         spec = spec.with_runtime(summary.runtime)  # ship in the runtime the search measured
@@ -139,6 +144,22 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
     bn_batches = None
     if n_bn > 0 and data is not None and data.x_train is not None:
         bn_batches = recalibrate.calibration_batches(data, n_bn)
+    tried: list[dict[str, Any]] = []
+    if by_finetune:
+        budget_x = cfg.get("latency_budget_x")
+        rec, tried = pick_finetuned(search_dir, graph, data, steps=finetune_steps, max_drop=max_drop,
+                                    candidates=finetune_candidates, speedup_needed=1 / budget_x if budget_x else None,
+                                    channel_multiple=int(cfg.get("channel_multiple", 8)),
+                                    min_density=float(cfg.get("min_density", 0.0)),
+                                    criterion=cfg.get("criterion", "magnitude"), bn_batches=bn_batches, say=say)
+        if rec is None:
+            by_key = {r.get("plan_key"): r for r in records.load(search_dir / "measurements.jsonl", strict=False)}
+            raise NoPlanWithinDrop(f"no fine-tuned candidate in {search_dir} is within --max-drop {max_drop:g} of the "
+                                   f"dense accuracy after {finetune_steps} steps (best "
+                                   f"{max(t['accuracy_finetuned'] for t in tried):.3f}); nothing exported: fine-tune "
+                                   "longer, allow a larger --max-drop or search with a looser budget",
+                                   [by_key[t["plan_key"]] for t in tried])
+    plan = Plan.from_dict(rec["plan"])
     out = Path(out) if out is not None else search_dir / f"export-{plan.key}"
     say(f"exporting plan {plan.key} ({plan.compact()}; accuracy {_fmt_accuracy(rec)}, measured "
         f"{rec['latency_s'] * 1e6:.1f} µs) for {spec.identity} to {out}")
@@ -150,6 +171,9 @@ def from_search(search_dir: Path, *, plan_key: str | None = None, max_drop: floa
                       record=rec, predicted={"latency_s": rec.get("predicted_latency_s")},
                       tvm_work_dir=search_dir / f"tvm-{spec.name}", cost_model=cm, bn_batches=bn_batches,
                       finetune_data=data, finetune_steps=finetune_steps)
+    if tried:
+        manifest["finetune_candidates"] = tried
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return out, manifest
 
 
