@@ -65,7 +65,8 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
 
     With ``plan_key`` (the full key or a unique prefix of it, as the search's table shows):
     that plan, whatever its accuracy. Otherwise the fastest *measured* pruned plan whose
-    accuracy is within ``max_drop`` (absolute fraction) of the dense model's. Raises
+    accuracy is within ``max_drop`` (absolute fraction) of the dense model's (fastest by its
+    speed-up over dense in its own sitting: :func:`hwsearch.core.records.fastest`). Raises
     :class:`NoPlanWithinDrop` with the ``n_candidates`` most accurate measured plans when no
     plan is, or when the dense accuracy was not recorded: a plan far below the dense accuracy
     is never exported unless named. Raises :class:`StoreError` when nothing was measured.
@@ -98,7 +99,7 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
                                f"(most accurate measured plans below)", best)
     ok = [r for r in pruned if r.get("accuracy") is not None and r["accuracy"] >= dense_acc - max_drop]
     if ok:
-        return min(ok, key=lambda r: r["latency_s"])
+        return records.fastest(ok)
     top = f"the most accurate reaches {best[0]['accuracy']:.3f}" if best and best[0].get("accuracy") is not None \
         else "no pruned plan was measured"
     raise NoPlanWithinDrop(f"no measured plan in {search_dir} is within --max-drop {max_drop:g} of the dense accuracy "

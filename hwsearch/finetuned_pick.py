@@ -53,7 +53,9 @@ def pick_finetuned(search_dir: Path, graph: ModelGraph, data: Any, *, steps: int
     runtime is at least ``speedup_needed`` (all when None or when none is), the ``candidates``
     most accurate as cut. The pick is the fastest candidate within ``max_drop`` of the dense
     accuracy after fine-tuning; None when none is. The dense model's accuracy is the search's
-    record of it (not fine-tuned: fine-tuning a trained dense model changes little).
+    record of it (not fine-tuned: fine-tuning a trained dense model changes little). Fastest: by
+    the speed-up measured in each plan's own sitting (:func:`hwsearch.core.records.fastest`;
+    latencies of different sittings are not comparable on a drifting machine).
     Raises :class:`StoreError` when nothing was measured."""
     every = records.load(Path(search_dir) / "measurements.jsonl", strict=False)
     recs = [r for r in every if not r.get("error") and r.get("latency_s")]
@@ -79,12 +81,13 @@ def pick_finetuned(search_dir: Path, graph: ModelGraph, data: Any, *, steps: int
         acc = finetuned_accuracy(graph, plan, data, steps, channel_multiple=channel_multiple,
                                  min_density=min_density, criterion=criterion, bn_batches=bn_batches)
         tried.append({"plan_key": r["plan_key"], "accuracy": r["accuracy"], "accuracy_finetuned": acc,
-                      "latency_s": r["latency_s"], "speedup": speedup(r) or None})
+                      "latency_s": r["latency_s"], "speedup": speedup(r) or None, "record": r})
         say(f"fine-tuned candidate {i}/{len(pool)} [{r['plan_key']}] {plan.compact()}: accuracy "
             f"{r['accuracy']:.3f} as cut -> {acc:.3f} after {steps} steps (dense {dense_acc:.3f}), "
             f"{speedup(r):.2f}x measured")
-    ok = [t for t in tried if t["accuracy_finetuned"] >= dense_acc - max_drop]
+    ok = [t["record"] for t in tried if t["accuracy_finetuned"] >= dense_acc - max_drop]
+    for t in tried:
+        del t["record"]
     if not ok:
         return None, tried
-    best = min(ok, key=lambda t: t["latency_s"])
-    return pruned[best["plan_key"]], tried
+    return records.fastest(ok), tried

@@ -40,3 +40,16 @@ def test_bad_line_named_and_skippable(tmp_path):
     with pytest.raises(StoreError, match=r"m\.jsonl:2"):
         records.load(p)
     assert [r["plan_key"] for r in records.load(p, strict=False)] == ["abc", "ok2"]
+
+
+def test_fastest_compares_speedups_measured_in_each_sitting_not_raw_latencies():
+    from hwsearch.core.records import fastest
+
+    # plan a was measured in a slow sitting (dense 300 µs), plan b in a fast one (dense 200 µs):
+    # b's raw latency is lower, but a is the faster plan relative to dense
+    a = {"plan_key": "a", "latency_s": 200e-6, "speedup_vs_fastest": 1.50, "drift_factor": 0.67}
+    b = {"plan_key": "b", "latency_s": 160e-6, "speedup_vs_fastest": 1.25, "drift_factor": 1.0}
+    assert fastest([b, a])["plan_key"] == "a"
+    # without paired speed-ups: latencies brought to the baseline's speed
+    a2, b2 = dict(a, speedup_vs_fastest=None), dict(b, speedup_vs_fastest=None)
+    assert fastest([a2, b2])["plan_key"] == "a"       # 134 µs vs 160 µs at the baseline's speed

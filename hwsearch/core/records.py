@@ -16,7 +16,7 @@ from typing import Any
 
 from hwsearch.core.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "append", "load", "REQUIRED"]
+__all__ = ["SCHEMA_VERSION", "append", "load", "fastest", "REQUIRED"]
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -108,3 +108,13 @@ class StudyRecords:
         if self.mirror is not None:
             append(self.mirror, record)
         return record
+
+
+def fastest(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of measured records: by the speed-up over the dense model measured in the same
+    sitting (``speedup_vs_fastest``) when every record has one — latencies of different sittings
+    are not comparable on a machine whose speed drifts —, else by ``latency_s`` brought to the
+    dense baseline's speed (× ``drift_factor``)."""
+    if all(r.get("speedup_vs_fastest") for r in recs):
+        return max(recs, key=lambda r: float(r["speedup_vs_fastest"]))
+    return min(recs, key=lambda r: float(r["latency_s"]) * float(r.get("drift_factor") or 1.0))
