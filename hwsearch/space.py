@@ -153,7 +153,7 @@ class SearchSpace:
             ratio = trial.suggest_float(f"{layer}:ratio", 0.0, self.max_ratio, step=self.step) if len(opts) > 1 else 0.0
             if pat in patterns.HEAD_PATTERNS:
                 pat, ratio = self._whole_heads(layer, pat, ratio)
-            if pat != "dense":
+            if pat != "dense" and (ratio > 0 or pat == "nm"):  # a ratio of 0 removes nothing: dense
                 choices[layer] = LayerChoice(pat, ratio, n=nm[0], m=nm[1], block=block)
         return Plan(choices)
 

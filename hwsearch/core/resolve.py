@@ -202,8 +202,8 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
     Grouped convolutions keep the same number of channels in every conv group (the kept count
     is rounded to a multiple of the number of segments, see :func:`channel_segments`).
     ``head`` / ``qhead`` choices on an attention block's query projection shrink its q/k/v
-    projections' outputs and its output projection's inputs (:func:`head_shapes`); those rows have
-    ``head_pruned`` True.
+    projections' outputs and its output projection's inputs (:func:`head_shapes`); the q/k/v rows
+    narrowed so have ``head_pruned`` True.
     Raises :class:`PlanError` for unknown layers, channel ratios on layers that cannot take
     them, head choices off a query projection, grouped convs left unbalanced, and shapes a pattern
     cannot tile.
@@ -292,7 +292,7 @@ def resolve(table: pd.DataFrame, groups: Mapping, plan: Plan, *, channel_multipl
             "act_in_bytes_kept": int(round(row["act_in_bytes"] * inf)),
             "min_density_binds": weight_binds or (choice.pattern == "channel" and group_binds.get(og, False))
             or layer in head_binds,
-            "head_pruned": layer in head_out or layer in head_in,
+            "head_pruned": layer in head_out,  # outputs narrowed by pruned heads (q, k, v), not by a channel group
         })
     extra = pd.DataFrame(rows, index=table.index)
     for col in extra.columns:
