@@ -23,6 +23,7 @@ _FACTORIES: dict[str, str | Factory] = {
     "gpu24": "costmodels.gpu24:Gpu24Model",      # 2:4 speed-ups on NVIDIA GPUs
     "lut": "costmodels.lut:LUTModel",
     "mcu": "costmodels.mcu_cost:McuPlanModel",
+    "kernel": "costmodels.kernel_cost:KernelModel",   # a device's kernel predictor (hwsearch sweep)
 }
 _DEFAULT_BY_TARGET_KIND: dict[str, str] = {"cpu": "roofline", "gpu": "roofline", "mcu": "mcu"}
 

@@ -139,6 +139,46 @@ def _profile_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=10)
 
 
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="sweep kernels on this device and fit its kernel-level latency predictor",
+                       description="Measure conv/depthwise/linear kernels with their fused epilogues in a runtime "
+                       "on this machine (Latin hypercube, then rounds where the predictor is least certain) and "
+                       "save the device's kernel predictor in the cache ($HWSEARCH_CACHE), where every search on "
+                       "this device uses it for round 1 (the kernel cost model).")
+    p.add_argument("--runtime", choices=["onnxruntime"], default="onnxruntime")
+    p.add_argument("--budget-minutes", type=float, default=25.0, help="stop starting new rounds after this (default 25)")
+    p.add_argument("--initial", type=int, default=None, help="kernels in the initial Latin-hypercube sample")
+    p.add_argument("--per-round", type=int, default=None, help="kernels added per adaptive round")
+    p.add_argument("--rounds", type=int, default=None, help="adaptive rounds")
+    p.add_argument("--tiny", action="store_true", help="a dozen kernels in seconds (CI; not for searches)")
+    p.add_argument("--out", type=Path, default=None, help="predictor file (default: the cache path of this device)")
+    p.add_argument("--table", type=Path, default=None, help="also write the measured kernels as CSV here")
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hwsearch.kernel_sweep import SweepConfig, sweep
+
+    given = {k: v for k, v in (("initial", a.initial), ("per_round", a.per_round), ("rounds", a.rounds)) if v is not None}
+    base = SweepConfig.tiny_grid() if a.tiny else SweepConfig()
+    cfg = dataclasses.replace(base, runtime=a.runtime, budget_minutes=a.budget_minutes, **given)
+    con = _console()
+    res = sweep(cfg, out=a.out, progress=con.print)
+    if a.table is not None:
+        a.table.parent.mkdir(parents=True, exist_ok=True)
+        res.table.to_csv(a.table, index=False)
+        con.print(f"  wrote {a.table}")
+        if res.ops is not None:
+            ops_path = a.table.with_name(a.table.stem + "_ops.csv")
+            res.ops.to_csv(ops_path, index=False)
+            con.print(f"  wrote {ops_path}")
+    con.print(f"  {res.predictor.meta.get('kernels')} kernels in {res.wall_s / 60:.1f} min; per-call overhead "
+              f"{res.predictor.overhead_s * 1e6:.1f} µs; cross-validated within ±10%: {res.cv['within10']:.0%}")
+    con.print(f"  wrote {res.path}")
+    return 0
+
+
 def _cmd_profile(a: argparse.Namespace) -> int:
     from hwsearch.core.errors import PlanError
     from hwsearch.profiling import profile_target
@@ -233,7 +273,7 @@ def _print_front(con: Console, res: SearchResult) -> None:
         if r.fit:
             held = (f"; previous model on this round's new plans: {r.heldout['mape']:.1%}" if r.heldout else "")
             con.print(f"round {r.round}: {r.trials} trials, {len(r.measured)} measured; cost-model error on measured "
-                      f"plans {r.fit.mape_before:.1%} (analytical) → {r.fit.mape_after:.1%} (refit){held}")
+                      f"plans {r.fit.mape_before:.1%} (before the refit) → {r.fit.mape_after:.1%} (refit){held}")
     csv = res.files.get("pareto_csv", "pareto.csv")
     print_front_table(con, res.front, dense_accuracy=_dense_accuracy(res),
                       hide_below=_HIDE_BELOW_DROPS * res.config.max_accuracy_drop, csv=csv)
@@ -389,10 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     _targets_parser(sub)
     _report_parser(sub)
     _profile_parser(sub)
+    _sweep_parser(sub)
     return p
 
 
-_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report", "profile": "_cmd_profile"}
+_COMMANDS = {"search": "_cmd_search", "export": "_cmd_export", "targets": "_cmd_targets", "report": "_cmd_report", "profile": "_cmd_profile",
+             "sweep": "_cmd_sweep"}
 
 
 class _ProgressLog(logging.Handler):
@@ -407,7 +449,7 @@ class _ProgressLog(logging.Handler):
         _console().print(f"{head} {escape(record.getMessage())}")
 
 
-_PROGRESS_LOGGERS = ("hwsearch.zoo",)
+_PROGRESS_LOGGERS = ("hwsearch.zoo", "hwsearch.searching.refit")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -182,7 +182,7 @@ def _round(run: _Run, rnd: int, prev_front: list[Plan],
         cm.save(run.out / f"costmodel-round{rnd}.json")
         cm.save(run.out / "costmodel.json")
         say(f"round {rnd}: refit on {report.n} measured plans ({report.layer_rows} layer timings): "
-            f"mean error {report.mape_before:.1%} analytical -> {report.mape_after:.1%} refit; "
+            f"mean error {report.mape_before:.1%} before ({cm.kind} prior) -> {report.mape_after:.1%} refit; "
             f"within ±10%: {report.within10_before:.0%} -> {report.within10_after:.0%}")
     return study, front, recs, RoundResult(rnd, name, len(study.trials), new, report, heldout, dense_rec)
 

@@ -1,6 +1,8 @@
 """Measurements to cost-model samples, and the refit of a target's cost model on them."""
 from __future__ import annotations
 
+import logging
+
 import costmodels
 from costmodels.base import FitReport, Sample
 from hwsearch.core.errors import PlanError
@@ -11,6 +13,30 @@ from hwsearch.searching.config import SearchConfig
 from targets.spec import TargetSpec
 
 __all__ = ["samples_from_records", "fit_cost_model"]
+
+log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # one line per process about the device's predictor, not one per round
+
+
+def _device_model(target: TargetSpec) -> costmodels.CostModel:
+    """The kernel cost model when this device has a kernel predictor for ``target.runtime``
+    (it prices a model before its first measurement), else ``costmodels.default_for(target)``;
+    either way it says once which, and without a predictor the command that makes one."""
+    if target.kind == "cpu" and target.runtime == "onnxruntime":
+        from costmodels.kernel_cost import KernelModel
+
+        cm = KernelModel(target)
+        if cm.predictor is not None:
+            _say_once(f"round 1 is priced by this device's kernel predictor ({cm.note})")
+            return cm
+        _say_once(f"{cm.note}; round 1 is priced by the analytical model until plans are measured")
+    return costmodels.default_for(target)
+
+
+def _say_once(line: str) -> None:
+    if line not in _SAID:
+        _SAID.add(line)
+        log.info(line)
 
 
 def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig) -> list[Sample]:
@@ -34,11 +60,11 @@ def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig)
 
 def fit_cost_model(target: TargetSpec, graph: ModelGraph, recs: list[dict],
                    cfg: SearchConfig) -> tuple[costmodels.CostModel, FitReport | None]:
-    """A fresh analytical model refit on every successful record in ``recs`` (no report when
-    there is none). Deterministic: the same records give the same model, so a resumed search
+    """A fresh model refit on every successful record in ``recs`` (no report when there is
+    none): ``--costmodel`` when given, else the device's kernel predictor when this device has one
+    for the target's runtime (``hwsearch sweep``), else the target's analytical model. Deterministic: the same records give the same model, so a resumed search
     prices plans exactly as the interrupted one did."""
-    cm = (costmodels.load(cfg.costmodel_path, target) if cfg.costmodel_path
-          else costmodels.default_for(target))
+    cm = costmodels.load(cfg.costmodel_path, target) if cfg.costmodel_path else _device_model(target)
     samples = samples_from_records(graph, recs, cfg)
     if not samples:
         return cm, None

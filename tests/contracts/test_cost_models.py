@@ -31,6 +31,9 @@ import costmodels
 from costmodels import CostModel, CostModelError, CostModelFileError, CoverageError, FitReport, Sample
 from costmodels.analytical import KINDS
 from costmodels.batch import BatchPricer
+from costmodels.kernel_cost import KernelModel
+from costmodels.kernel_features import KIND_CODES
+from costmodels.kernel_predictor import KernelPredictor, device_fingerprint
 from costmodels.lut import LUTModel
 from costmodels.mcu_cost import McuPlanModel, layer_shape, mcu_fmt, mcu_op
 from costmodels.memory import layer_storage
@@ -38,6 +41,7 @@ from costmodels.ops import OP_KINDS
 from hwsearch.core.plan import LayerChoice, Plan
 from hwsearch.core.resolve import resolve
 from hwsearch.graph import ModelGraph, analyze
+from hwsearch.kernel_sweep import sample_specs
 from hwsearch.zoo import MNIST1DNet
 from targets.spec import get_target
 
@@ -98,7 +102,21 @@ CASES: dict[str, Case] = {
         "cortex-m4", lambda t, g: costmodels.make("mcu", t),
         lambda t, g: McuPlanModel(t, dtype="fp16"),  # the shipped instruction model has no fp16 kernels
         "cortex-m7"),
+    "kernel": Case(
+        "host-x86+onnxruntime", lambda t, g: KernelModel(t, predictor=_planted_predictor()), None, "host-x86+torch",
+        no_gap_reason="its predictor's features cover every layer kind analyze produces (conv, depthwise, grouped, "
+                      "linear) and it prices every op kind through the roofline: its gaps are the ops of "
+                      "ModelGraph.uncovered",
+        covers_all=lambda m: m.predictor is not None and set(KINDS) <= set(KIND_CODES)),
 }
+
+
+def _planted_predictor() -> KernelPredictor:
+    """A kernel predictor fitted on SYNTHETIC kernels (a planted law: 1 µs + MACs at 1 GMAC/s)
+    over random shapes of every family, with this machine's fingerprint (no measurement)."""
+    specs = sample_specs(60, seed=0)
+    return KernelPredictor(np.stack([s.features() for s in specs]), [1e-6 + s.macs() / 1e9 for s in specs],
+                           overhead_s=3e-6, fingerprint=device_fingerprint("onnxruntime"))
 
 
 @pytest.fixture(scope="module")
