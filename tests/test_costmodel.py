@@ -241,9 +241,9 @@ def test_registry_names_every_kind_loads_lazily_and_lists_valid_kinds(host):
 
     from costmodels import registry
 
-    assert costmodels.names() == ["gpu24", "lut", "mcu", "roofline"]
-    with pytest.raises(costmodels.CostModelFileError, match="unknown cost model 'nope'; valid: gpu24, lut, mcu, "
-                                                             "roofline"):
+    assert costmodels.names() == ["gpu24", "kernel", "lut", "mcu", "roofline"]
+    with pytest.raises(costmodels.CostModelFileError, match="unknown cost model 'nope'; valid: gpu24, kernel, lut, "
+                                                             "mcu, roofline"):
         costmodels.make("nope", host)
     registry.register("roofline-again", "costmodels.analytical:RooflineModel")
     try:
