@@ -48,7 +48,8 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from costmodels.base import BatchLatency, CostModel, CostModelFileError, FitReport, PlanArrays, Sample
-from costmodels.kernels import kernel_correction, kernel_density, kernel_keys, static_signature
+from costmodels.kernels import (batch_kernel_corrections, kernel_correction, kernel_density, kernel_keys,
+                                static_signature)
 from costmodels.memory import DTYPE_BYTES
 from costmodels.ops import OP_KINDS, op_gaps, op_table, op_work
 
@@ -172,7 +173,7 @@ class RooflineModel(CostModel):
         overhead = np.array([self.overhead.get(k, math.nan) for k in arrays.kind])
         lat = scale[None, :] * roof + overhead[None, :]
         if self.corrections:
-            lat = lat * self._batch_corrections(arrays, np.where(sped, arrays.density, -1.0))
+            lat = lat * batch_kernel_corrections(self.corrections, arrays, np.where(sped, arrays.density, -1.0))
         latency = np.nansum(lat, axis=1) + self.model_overhead_s()
         if self.glue_per_byte:
             latency = latency + self.glue_per_byte * arrays.act_out_bytes_kept.sum(axis=1)
@@ -200,21 +201,6 @@ class RooflineModel(CostModel):
         act = (a.act_in_bytes_kept + a.act_out_bytes_kept) * b / a.example_bytes[None, :]
         nbytes = wbytes + act
         return np.maximum(macs_eff / self.peak_macs_s, nbytes / self._bandwidth(nbytes)), sped
-
-    def _batch_corrections(self, a: PlanArrays, density: np.ndarray) -> np.ndarray:
-        """Per plan and layer, :func:`kernel_correction` of its kernel (``density`` < 0 where the
-        layer runs its dense kernel); one lookup per distinct kernel."""
-        out = np.ones(a.kept_in.shape, dtype=float)
-        prefixes = {k.rsplit("|", 2)[0] for k in self.corrections}
-        for j, static in enumerate(a.static):
-            if static not in prefixes:
-                continue
-            keys = np.stack([a.kept_in[:, j], a.kept_out[:, j], density[:, j]], axis=1)
-            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            f = np.array([kernel_correction(self.corrections, static, int(ki), int(ko), None if d < 0 else float(d))
-                          for ki, ko, d in uniq])
-            out[:, j] = f[inv.reshape(-1)]
-        return out
 
     def glue_s(self, resolved: pd.DataFrame) -> float:
         return self.glue_per_byte * float(resolved["act_out_bytes_kept"].sum()) if self.glue_per_byte else 0.0

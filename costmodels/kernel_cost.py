@@ -43,7 +43,8 @@ from costmodels.base import BatchLatency, CostModel, CostModelError, CostModelFi
 from costmodels.kernel_features import KIND_CODES, array_features, resolved_features
 from costmodels.kernel_predictor import KernelPredictor, find_for_device
 from costmodels.memory import DTYPE_BYTES
-from costmodels.kernels import kernel_correction, kernel_density, kernel_keys, static_signature
+from costmodels.kernels import (batch_kernel_corrections, kernel_correction, kernel_density, kernel_keys,
+                                static_signature)
 from costmodels.ops import OP_KINDS, op_gaps, op_table
 
 __all__ = ["KernelModel"]
@@ -158,22 +159,11 @@ class KernelModel(CostModel):
                             op_latency_s=op_lat)
 
     def _batch_corrections(self, a: PlanArrays) -> np.ndarray:
-        """Per plan and layer, :func:`kernel_correction` of its kernel (one lookup per distinct
-        kernel; weight-level patterns run their dense kernel here, density ``None``)."""
-        out = np.ones(a.kept_in.shape, dtype=float)
+        """Per plan and layer, the correction of its kernel (weight-level patterns run their dense
+        kernel here unless the target accelerates them: density -1, the dense kernel's key)."""
         accel = np.array([bool(self.target.accelerates(p)) for p in a.patterns])
         sped = a.weight_level & accel[np.clip(a.codes, 0, len(a.patterns) - 1)]
-        density = np.where(sped, a.density, -1.0)
-        prefixes = {k.rsplit("|", 2)[0] for k in self.corrections}
-        for j, static in enumerate(a.static):
-            if static not in prefixes:
-                continue
-            keys = np.stack([a.kept_in[:, j], a.kept_out[:, j], density[:, j]], axis=1)
-            uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            f = np.array([kernel_correction(self.corrections, static, int(ki), int(ko), None if d < 0 else float(d))
-                          for ki, ko, d in uniq])
-            out[:, j] = f[inv.reshape(-1)]
-        return out
+        return batch_kernel_corrections(self.corrections, a, np.where(sped, a.density, -1.0))
 
     def total_latency(self, resolved: pd.DataFrame, ops: pd.DataFrame | None = None) -> float:
         """Seconds of a resolved plan as :meth:`predict` gives them (its op rows ``ops`` priced)."""

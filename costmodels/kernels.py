@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hwsearch.core import patterns
 
 __all__ = ["DENSITY_DECIMALS", "static_signature", "kernel_density", "kernel_key", "kernel_keys",
-           "kernel_correction"]
+           "kernel_correction", "batch_kernel_corrections"]
 
 #: Decimals of the weight density in a kernel key: the rounding the roofline refit has always used.
 DENSITY_DECIMALS = 3
@@ -88,3 +89,21 @@ def kernel_correction(table: dict[str, float], static: str, kept_in: int, kept_o
         if d < dist:
             best, dist = v, d
     return best
+
+
+def batch_kernel_corrections(table: dict[str, float], arrays: Any, density: np.ndarray) -> np.ndarray:
+    """:func:`kernel_correction` of every layer of ``P`` plans (``arrays``: a
+    :class:`costmodels.base.PlanArrays`; ``density`` ``P × L``, < 0 where the layer runs its dense
+    kernel), as a ``P × L`` array; one lookup per distinct kernel of a layer, none for a layer
+    the table has no kernel of."""
+    out = np.ones(arrays.kept_in.shape, dtype=float)
+    prefixes = {k.rsplit("|", 2)[0] for k in table}
+    for j, static in enumerate(arrays.static):
+        if static not in prefixes:
+            continue
+        keys = np.stack([arrays.kept_in[:, j], arrays.kept_out[:, j], density[:, j]], axis=1)
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        f = np.array([kernel_correction(table, static, int(ki), int(ko), None if d < 0 else float(d))
+                      for ki, ko, d in uniq])
+        out[:, j] = f[inv.reshape(-1)]
+    return out
