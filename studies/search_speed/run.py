@@ -225,6 +225,16 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _pricing_table(pr: pd.DataFrame) -> list[str]:
+    """The markdown rows of one model's pricing results (``pr``: indexed by config)."""
+    lines = ["| pricer | plans/s (median) | range over runs | plans per run | runs |",
+             "| --- | ---: | --- | ---: | ---: |"]
+    for cfg in ("loop predict()", "BatchPricer.price"):
+        r = pr.loc[cfg]
+        lines.append(f"| `{cfg}` | {r['value']:,.0f} | {r['spread']} | {int(r['n'])} | {int(r['runs'])} |")
+    return lines
+
+
 def write_readme(df: pd.DataFrame, info: dict[str, str], args: argparse.Namespace, path: Path) -> None:
     allpr = df[df.benchmark == "pricing"]
     pr = allpr[allpr.model == "cnn1d"].set_index("config")
@@ -248,13 +258,7 @@ def write_readme(df: pd.DataFrame, info: dict[str, str], args: argparse.Namespac
         "",
         "## Pricing throughput",
         "",
-        "| pricer | plans/s (median) | range over runs | plans per run | runs |",
-        "| --- | ---: | --- | ---: | ---: |",
-    ]
-    for cfg in ("loop predict()", "BatchPricer.price"):
-        r = pr.loc[cfg]
-        lines.append(f"| `{cfg}` | {r['value']:,.0f} | {r['spread']} | {int(r['n'])} | {int(r['runs'])} |")
-    lines += [
+        *_pricing_table(pr),
         "",
         f"Batch / loop: **{batch / loop:,.0f}×** (same process, same plans; largest relative latency "
         f"difference between the two on those plans: {pr['max_rel_diff_latency'].iloc[0]:.1e}).",
@@ -263,13 +267,7 @@ def write_readme(df: pd.DataFrame, info: dict[str, str], args: argparse.Namespac
         "prunable layers, 12 attention blocks), plans drawn from dense / unstructured / channel / head "
         "(heads on the query projections):",
         "",
-        "| pricer | plans/s (median) | range over runs | plans per run | runs |",
-        "| --- | ---: | --- | ---: | ---: |",
-    ]
-    for cfg in ("loop predict()", "BatchPricer.price"):
-        r = vt.loc[cfg]
-        lines.append(f"| `{cfg}` | {r['value']:,.0f} | {r['spread']} | {int(r['n'])} | {int(r['runs'])} |")
-    lines += [
+        *_pricing_table(vt),
         "",
         f"Batch / loop: **{vt.at['BatchPricer.price', 'value'] / vt.at['loop predict()', 'value']:,.0f}×** "
         f"(largest relative latency difference: {vt['max_rel_diff_latency'].iloc[0]:.1e}).",
