@@ -130,9 +130,18 @@ def _column_map(layer: str, row: pd.Series, w_shape: tuple[int, ...], oi: torch.
     return ii[None, :].expand(len(oi), -1).clone()
 
 
-def _head_rows(idx: list[int], width: int) -> torch.Tensor:
+def _head_indices(idx: list[int], width: int) -> torch.Tensor:
     """Rows (or columns) of the heads ``idx``, ``width`` each, in order."""
     return (torch.tensor(sorted(idx))[:, None] * width + torch.arange(width)[None, :]).flatten()
+
+
+def _pruned_blocks(graph: ModelGraph, plan: Plan):
+    """``(query projection, HeadGroup, choice)`` of every prunable attention block ``plan``
+    gives a head pattern."""
+    for q, h in graph.heads.items():
+        choice = plan.get_choice(q)
+        if not h.reason and choice.pattern in patterns.HEAD_PATTERNS:
+            yield q, h, choice
 
 
 def _decide_heads(graph: ModelGraph, plan: Plan, res: pd.DataFrame, scores: dict[str, torch.Tensor]
@@ -145,10 +154,7 @@ def _decide_heads(graph: ModelGraph, plan: Plan, res: pd.DataFrame, scores: dict
     keep_out: dict[str, torch.Tensor] = {}
     keep_in: dict[str, torch.Tensor] = {}
     kept: dict[str, tuple[int, int]] = {}
-    for q, h in graph.heads.items():
-        choice = plan.get_choice(q)
-        if h.reason or choice.pattern not in patterns.HEAD_PATTERNS:
-            continue
+    for q, h, choice in _pruned_blocks(graph, plan):
         d, dv, g = h.head_dim, h.v_head_dim, h.group_size
         sq = lambda layer: scores[layer].double().pow(2)  # noqa: E731
         qh = sq(h.q).reshape(h.heads, -1).sum(1) + sq(h.o).reshape(-1, h.heads, dv).sum((0, 2))
@@ -163,11 +169,11 @@ def _decide_heads(graph: ModelGraph, plan: Plan, res: pd.DataFrame, scores: dict
             per = n_q // h.kv_heads
             kv_idx = list(range(h.kv_heads))
             q_idx = [j * g + int(i) for j in kv_idx for i in torch.topk(qh[j * g:(j + 1) * g], per).indices]
-        keep_out[h.q] = _head_rows(q_idx, d)
-        keep_in[h.o] = _head_rows(q_idx, dv)
+        keep_out[h.q] = _head_indices(q_idx, d)
+        keep_in[h.o] = _head_indices(q_idx, dv)
         if n_kv < h.kv_heads:
-            keep_out[h.k] = _head_rows(kv_idx, d)
-            keep_out[h.v] = _head_rows(kv_idx, dv)
+            keep_out[h.k] = _head_indices(kv_idx, d)
+            keep_out[h.v] = _head_indices(kv_idx, dv)
         kept[q] = (len(q_idx), len(kv_idx))
     return keep_out, keep_in, kept
 
@@ -202,9 +208,8 @@ def decide(graph: ModelGraph, plan: Plan, *, criterion: str | importance.Criteri
     for gid, g in graph.groups.items():
         if any(res.at[p, "out_frac"] < 1 for p in g.producers):
             need_scores.update(g.producers)
-    for q, h in graph.heads.items():  # every projection of a block losing heads scores its heads
-        if not h.reason and plan.get_choice(q).pattern in patterns.HEAD_PATTERNS:
-            need_scores.update((h.q, h.k, h.v, h.o))
+    for _, h, _ in _pruned_blocks(graph, plan):  # every projection of a block losing heads scores its heads
+        need_scores.update((h.q, h.k, h.v, h.o))
     scored = sorted(need_scores, key=lambda n: int(table.at[n, "order"]))
     scores: dict[str, torch.Tensor] = {}
     if scored:
