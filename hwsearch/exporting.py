@@ -88,8 +88,7 @@ def pick_plan(search_dir: Path, *, plan_key: str | None = None, max_drop: float 
         raise PlanError(f"plan {plan_key!r} was not measured in {search_dir}; measured: {', '.join(keys)}")
     dense_key = Plan().key
     # the dense accuracy is on its record even when its measurement failed
-    dense_acc = next((r["accuracy"] for r in every if r.get("plan_key") == dense_key
-                      and r.get("accuracy") is not None), None)
+    dense_acc = records.accuracy_of(every, dense_key)
     pruned = [r for r in recs if r["plan_key"] != dense_key]
     best = sorted(pruned, key=lambda r: (-(r.get("accuracy") if r.get("accuracy") is not None else -1.0),
                                          r["latency_s"]))[:n_candidates]

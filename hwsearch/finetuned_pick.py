@@ -60,8 +60,7 @@ def pick_finetuned(search_dir: Path, graph: ModelGraph, data: Any, *, steps: int
     every = records.load(Path(search_dir) / "measurements.jsonl", strict=False)
     recs = [r for r in every if not r.get("error") and r.get("latency_s")]
     dense_key = Plan().key
-    dense_acc = next((r["accuracy"] for r in every if r.get("plan_key") == dense_key
-                      and r.get("accuracy") is not None), None)
+    dense_acc = records.accuracy_of(every, dense_key)
     pruned = {r["plan_key"]: r for r in recs if r["plan_key"] != dense_key and r.get("accuracy") is not None}
     if not pruned or dense_acc is None:
         raise StoreError(f"no measured pruned plan with an accuracy (and the dense model's) in {search_dir}: "

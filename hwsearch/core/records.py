@@ -16,7 +16,7 @@ from typing import Any
 
 from hwsearch.core.errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "append", "load", "fastest", "REQUIRED"]
+__all__ = ["SCHEMA_VERSION", "append", "load", "fastest", "accuracy_of", "REQUIRED"]
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -118,3 +118,10 @@ def fastest(recs: list[dict[str, Any]]) -> dict[str, Any]:
     if all(r.get("speedup_vs_fastest") for r in recs):
         return max(recs, key=lambda r: float(r["speedup_vs_fastest"]))
     return min(recs, key=lambda r: float(r["latency_s"]) * float(r.get("drift_factor") or 1.0))
+
+
+def accuracy_of(recs: list[dict[str, Any]], plan_key: str) -> float | None:
+    """The accuracy recorded for ``plan_key`` (on its first record that has one, whether or not
+    its measurement succeeded), None when none has."""
+    return next((r["accuracy"] for r in recs if r.get("plan_key") == plan_key and r.get("accuracy") is not None),
+                None)
