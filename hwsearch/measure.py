@@ -23,12 +23,13 @@ __all__ = ["measure_model", "plan_record", "map_layer_timings", "match_by_size",
 
 def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir: Path, mode: str | None = None,
                   tuning_trials: int = 64, samples: int = 8, repeats: int = 10,
-                  min_repeat_ms: int = 20, resolved: Any = None) -> dict[str, Any]:
+                  min_repeat_ms: int = 20, resolved: Any = None, cost_model: str = "auto") -> dict[str, Any]:
     """Measure ``folded`` (a physically pruned model) on ``target`` with its spec's backend
     (:meth:`targets.measure.MeasureBackend.measure`). Returns the result's record fields
     (:meth:`targets.measure.MeasureResult.to_dict`: ``latency_s``, spread, ``layers``,
     ``layer_s`` mapped to layer names, ``error``…). The MCU backend also needs the plan's
-    ``resolved`` table (each layer's storage format)."""
+    ``resolved`` table (each layer's storage format). ``cost_model`` guides TVM's tuned mode
+    (``"xgb"``, ``"random"``; ``"auto"``: xgb when xgboost is installed)."""
     name = target.measure.get("backend", "none")
     try:
         backend = backends.get(name)
@@ -36,9 +37,10 @@ def measure_model(target: Any, graph: ModelGraph, folded: nn.Module, *, work_dir
         mode = mode or target.measure.get("mode", "quick")
         return backends.error_result(name, mode, f"target {target.name!r} has measuring backend {name!r}, "
                                                  "which hwsearch cannot run on this machine").to_dict()
+    extra = {} if cost_model == "auto" else {"cost_model": cost_model}  # only TVM backends take it
     return backend.measure(target, graph, folded, work_dir=Path(work_dir), mode=mode, resolved=resolved,
                            tuning_trials=tuning_trials, samples=samples, repeats=repeats,
-                           min_repeat_ms=min_repeat_ms).to_dict()
+                           min_repeat_ms=min_repeat_ms, **extra).to_dict()
 
 
 def plan_record(*, plan: Plan, target: Any, measured: dict[str, Any], predicted_latency_s: float,

@@ -21,7 +21,8 @@ class TvmLocal(MeasureBackend):
 
     Options: ``tuning_trials`` (tuned mode, default 64), ``samples`` (schedules per kernel in
     quick mode, default 8), ``repeats`` (timed samples, default 10), ``min_repeat_ms`` (default
-    20). The spec's ``[measure] tvm_target`` is the Target JSON (default: this host)."""
+    20), ``cost_model`` (tuned mode's guide: ``"xgb"``, ``"random"``, default ``"auto"``). The
+    spec's ``[measure] tvm_target`` is the Target JSON (default: this host)."""
 
     name = "tvm-local"
     runtime = "tvm"
@@ -40,7 +41,7 @@ class TvmLocal(MeasureBackend):
 
     def measure(self, target: Any, graph: GraphLike, folded: Any, *, work_dir: Path, mode: str | None = None,
                 resolved: Any = None, tuning_trials: int = 64, samples: int = 8, repeats: int = 10,
-                min_repeat_ms: int = 20, **opts: Any) -> MeasureResult:
+                min_repeat_ms: int = 20, cost_model: str = "auto", **opts: Any) -> MeasureResult:
         mode = mode or target.measure.get("mode", "quick")
         missing = self.available()
         if missing:
@@ -51,7 +52,7 @@ class TvmLocal(MeasureBackend):
         res = tvm_backend.measure(folded, graph.example_inputs, mode=mode, work_dir=Path(work_dir),
                                   tvm_target=dict(target.measure.get("tvm_target", {})) or None,
                                   trials=tuning_trials, samples=samples, rpc=self.rpc(target),
-                                  evaluator=evaluator)
+                                  evaluator=evaluator, cost_model=cost_model)
         return from_tvm_result(res.to_dict(), graph, folded)
 
 

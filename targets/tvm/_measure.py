@@ -100,6 +100,7 @@ def measure_exported(
     per_layer: bool,
     rpc: RPCConfig | None,
     seed: int = 0,
+    cost_model: str = "auto",
 ) -> MeasureResult:
     """Measure an already exported program in this process (steps 2–5 of the module doc).
 
@@ -111,7 +112,7 @@ def measure_exported(
         return _measure_exported(
             exported_program, inputs, reference, mode=mode, work_dir=work_dir,
             tvm_target=tvm_target, trials=trials, samples=samples, evaluator=evaluator,
-            per_layer=per_layer, rpc=rpc, seed=seed, upload_dir=upload_dir)
+            per_layer=per_layer, rpc=rpc, seed=seed, upload_dir=upload_dir, cost_model=cost_model)
     finally:
         shutil.rmtree(upload_dir, ignore_errors=True)
 
@@ -156,6 +157,7 @@ def _measure_exported(
     rpc: RPCConfig | None,
     seed: int,
     upload_dir: Path,
+    cost_model: str = "auto",
 ) -> MeasureResult:
     """:func:`measure_exported`, with RPC uploads going to ``upload_dir``."""
     from ._compile import compile_model, fuse, make_target, tuning_tasks
@@ -175,7 +177,7 @@ def _measure_exported(
         opener = _DeviceOpener(rpc, upload_dir)
         run.enter("scheduling")
         database, device = _schedule(run, tasks, target, work_dir, trials=trials, samples=samples, seed=seed,
-                                     opener=opener)
+                                     opener=opener, cost_model=cost_model)
         run.enter("compile")
         compiled = compile_model(imported, target, database)
         run.build_s = compiled.build_s
@@ -235,7 +237,7 @@ class _DeviceOpener:
 
 
 def _schedule(run: _Progress, tasks: Sequence[Any], target: Any, work_dir: Path, *, trials: int, samples: int,
-              seed: int, opener: _DeviceOpener) -> tuple[Any, Any]:
+              seed: int, opener: _DeviceOpener, cost_model: str = "auto") -> tuple[Any, Any]:
     """Under the tuning-database lock, give every task without a record a schedule: tuned
     (``run.mode == "tuned"``; what the tuner leaves is then sampled) or sampled. Adds notes and
     ``run.tune_s``; returns the database and the device when sampling opened one (else None)."""
@@ -252,7 +254,7 @@ def _schedule(run: _Progress, tasks: Sequence[Any], target: Any, work_dir: Path,
         t0 = time.perf_counter()
         if run.mode == "tuned" and missing:
             report = tune_tasks(missing, target, database, work_dir, trials=trials, seed=seed,
-                                rpc=run.rpc)
+                                rpc=run.rpc, cost_model=cost_model)
             notes.append(f"tuned {len(missing)} kernel(s) with {trials} trials "
                          f"(cost model {report.cost_model}) in {report.seconds:.0f} s")
             missing = [t for t in missing if not has_record(database, t.dispatched[0], target)]
@@ -329,6 +331,7 @@ def measure(
     rpc: RPCConfig | None = None,
     seed: int = 0,
     timeout_s: float | None = None,
+    cost_model: str = "auto",
 ) -> MeasureResult:
     """Compile ``model`` with TVM and measure its latency on the host CPU or an RPC device.
 
@@ -342,14 +345,19 @@ def measure(
     new Python process (timings drift in long-lived ones), killed after ``timeout_s`` seconds
     (default: 1200 + 60·samples for quick, 1800 + 20·trials for tuned). ``per_layer`` adds
     one :class:`LayerTiming` per kernel call. ``rpc`` measures on a remote device.
-    ``seed`` makes schedule sampling repeatable.
+    ``seed`` makes schedule sampling repeatable. ``cost_model`` guides tuned mode's search:
+    ``"xgb"``, ``"random"`` or ``"auto"`` (xgb when xgboost is installed).
 
     Returns a :class:`MeasureResult`; a model that cannot be exported or imported, an invalid
     target, an unreachable device, a crash or a timeout give a record with ``error`` set.
     Raises ``ValueError`` only for invalid arguments (unknown ``mode``, ``samples < 1`` …).
     """
+    from ._tune import COST_MODELS
+
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if cost_model not in COST_MODELS:
+        raise ValueError(f"cost_model={cost_model!r} is not one of {COST_MODELS}")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples!r} must be an int >= 1")
     if not isinstance(trials, int) or trials < 1:
@@ -390,7 +398,8 @@ def measure(
                              target=target, **common)
     inputs = [t.detach().cpu().numpy() for t in example_inputs]
     kwargs = dict(mode=mode, work_dir=work_dir, tvm_target=target, trials=trials,
-                  samples=samples, evaluator=evaluator, per_layer=per_layer, rpc=rpc, seed=seed)
+                  samples=samples, evaluator=evaluator, per_layer=per_layer, rpc=rpc, seed=seed,
+                  cost_model=cost_model)
     if not fresh_process:
         return measure_exported(exported, inputs, reference, **kwargs)
     limit = float(timeout_s) if timeout_s is not None else _default_timeout_s(mode, trials,

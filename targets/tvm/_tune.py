@@ -1,9 +1,16 @@
-"""Tuned mode: MetaSchedule's evolutionary search over the tasks the database lacks.
+"""Tuned mode: MetaSchedule's evolutionary search over the tasks it is given.
 
-Tasks come from the fused module and are filtered against the persistent database first
-(``tune_relax`` would re-tune shapes it already has). Builds run in ``LocalBuilder`` worker
+Tasks come from the fused module. ``measure(mode="tuned")`` passes only those the persistent
+database lacks (``tune_relax`` would re-tune shapes it already has); a tuning-curve step
+(``_tuning_curve.tune_more``) passes all of them, and the search then starts each from the best
+records already in the database. Builds run in ``LocalBuilder`` worker
 processes with a 120 s timeout (the 30 s default is too short on 2 cores) and an initializer
 that registers only the CPU tensor intrinsics (≈3 s instead of ≈20 s per worker).
+
+The search is guided by a cost model (``cost_model``): ``"xgb"`` (MetaSchedule's XGBoost
+model, needs the ``xgboost`` module — ``pip install xgboost-cpu``), ``"random"`` (random scores:
+the evolutionary search without a learned guide), or ``"auto"`` (``xgb`` when xgboost imports,
+else ``random``). :class:`TuneReport` says which one was used.
 
 Cost on this machine (NOTES.md): 64 trials ≈ 5 min for a 3-conv net, and may leave the
 largest conv without a good schedule; 256 trials ≈ 25 min reached torch-eager speed.
@@ -28,7 +35,8 @@ if TYPE_CHECKING:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-__all__ = ["BUILDER_TIMEOUT_S", "TuneReport", "builder_initializer", "tune_tasks"]
+__all__ = ["BUILDER_TIMEOUT_S", "COST_MODELS", "TuneReport", "builder_initializer",
+           "resolve_cost_model", "tune_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,28 @@ logger = logging.getLogger(__name__)
 BUILDER_TIMEOUT_S = 120.0
 #: Seconds one LocalRunner measurement may take before it is killed.
 RUNNER_TIMEOUT_S = 60.0
+#: Values of ``tune_tasks(cost_model=...)``: "auto" is "xgb" when xgboost imports, else "random".
+COST_MODELS = ("auto", "xgb", "random")
+
+
+def _xgboost_available() -> bool:
+    return importlib.util.find_spec("xgboost") is not None
+
+
+def resolve_cost_model(cost_model: str) -> str:
+    """The MetaSchedule cost model ``cost_model`` stands for: ``"xgb"`` or ``"random"``.
+
+    Raises :class:`BuildFailure` for a value not in :data:`COST_MODELS`, and for ``"xgb"`` when
+    the ``xgboost`` module is not installed."""
+    if cost_model not in COST_MODELS:
+        raise BuildFailure(f"cost_model={cost_model!r} is not one of {', '.join(COST_MODELS)}")
+    if cost_model == "auto":
+        # xgboost is a dependency, but without it the search is guided by a random model.
+        return "xgb" if _xgboost_available() else "random"
+    if cost_model == "xgb" and not _xgboost_available():
+        raise BuildFailure("cost_model='xgb' needs the xgboost module, which is not installed — "
+                           "pip install xgboost-cpu (or use cost_model='random')")
+    return cost_model
 
 
 def _export_shared(cross_compiler: str, module: Any) -> str:
@@ -80,18 +110,23 @@ def tune_tasks(
     trials: int,
     seed: int = 0,
     rpc: RPCConfig | None = None,
+    cost_model: str = "auto",
 ) -> TuneReport:
     """Tune ``tasks`` for ``trials`` measured candidates in total (shared by the gradient task
     scheduler), committing records to ``database``. Candidates run on the local CPU, or with
     ``rpc`` (a tracker) on the device through MetaSchedule's ``RPCRunner`` — linked with
-    ``rpc.cross_compiler`` when set. Raises :class:`BuildFailure` when MetaSchedule itself
-    fails or ``rpc`` is not a tracker; candidates that fail to build or run are only logged.
+    ``rpc.cross_compiler`` when set. ``cost_model`` guides the search (:data:`COST_MODELS`;
+    the report's ``cost_model`` says which was used). Tasks already in ``database`` are tuned
+    again: the search starts from their best records. Raises :class:`BuildFailure` for an
+    unknown ``cost_model`` or ``"xgb"`` without xgboost, when MetaSchedule itself fails or
+    ``rpc`` is not a tracker; candidates that fail to build or run are only logged.
     """
-    from tvm.s_tir import meta_schedule as ms
-
-    report = TuneReport(tuned=[t.task_name for t in tasks], trials=int(trials))
+    report = TuneReport(tuned=[t.task_name for t in tasks], trials=int(trials),
+                        cost_model=resolve_cost_model(cost_model))
     if not tasks:
         return report
+    from tvm.s_tir import meta_schedule as ms
+
     if trials < 1:
         raise BuildFailure(f"trials={trials!r} must be >= 1 for mode='tuned'")
     if rpc is not None and not rpc.tracker:
@@ -104,8 +139,6 @@ def tune_tasks(
     cores = int(os.cpu_count() or 1)
     log_dir = Path(work_dir) / "tuning_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    # xgboost is optional in this project; without it the search is guided by a random model.
-    report.cost_model = "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
     target_dict = {"kind": target.kind.name,
                    "mtriple": str(target.attrs.get("mtriple", "") or "") or None}
     initializer = functools.partial(builder_initializer, intrinsic_families(target_dict))
