@@ -202,6 +202,10 @@ class CostModel(ABC):
     #: The kinds of ``ModelGraph.ops`` rows (:data:`costmodels.ops.OP_KINDS`) :meth:`op_latency`
     #: prices; rows of any other kind are coverage gaps. Empty: the model prices no op.
     priced_op_kinds: frozenset[str] = frozenset()
+    #: Whether the model prices ``ModelGraph.glue`` rows (kind ``glue``) as ops of their own: they
+    #: are then in the op table it gets (:func:`costmodels.ops.op_table` with ``glue=True``); the
+    #: other models absorb glue in their overhead and glue terms.
+    prices_glue: bool = False
     #: How :meth:`load` called on this base class builds the model a file names. Set by
     #: :mod:`costmodels.registry` when it is imported (this module imports nothing of costmodels).
 
@@ -291,7 +295,7 @@ class CostModel(ABC):
                                                              channel_multiple=channel_multiple,
                                                              min_density=min_density)
         lat, gaps = self.layer_latency(res)
-        ops = op_table(graph)
+        ops = op_table(graph, glue=self.prices_glue)
         op_lat = self.plan_op_latency(ops, res)
         gaps = list(gaps) + [f"<{u}>" for u in getattr(graph, "uncovered", ())] + op_gaps(ops, self.priced_op_kinds,
                                                                                            op_lat)

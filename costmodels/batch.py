@@ -175,7 +175,7 @@ class BatchPricer:
         gidx = self._precompute_groups()
         self._precompute_inputs(gidx)
         self._precompute_activations(gidx)
-        self._ops = op_table(self.graph)
+        self._ops = op_table(self.graph, glue=bool(getattr(self.cost_model, "prices_glue", False)))
         # each op's input channel group as a column of the (P, G) kept matrix; -1: never shrinks
         self._op_gcol = np.array([gidx.get(int(g), -1) if int(g) >= 0 else -1 for g in self._ops["group"]],
                                  dtype=np.int64)

@@ -14,8 +14,11 @@ Per plan::
   (:mod:`hwsearch.kernel_sweep_ops`) for the kinds it timed, and **delegated to the roofline
   model** (:meth:`costmodels.analytical.RooflineModel.op_latency`, the target spec's peak and
   bandwidths) for any kind it did not; times a per-kind ``op_scale`` (1 until a refit). Every op
-  kind is priced (never a silent zero). Glue nodes between them (reshapes, transposes, adds
-  outside a layer's epilogue, pooling) are not priced: the dense calibration absorbs them;
+  kind is priced (never a silent zero);
+* the glue nodes (``ModelGraph.glue``: elementwise nodes outside every layer's epilogue and the
+  ops — residual adds, rotary multiplies, RMSNorm's arithmetic, pooling) by the sweep's ``glue``
+  law on their bytes, when the predictor has one (``prices_glue``; layout-only nodes —
+  reshapes, transposes — are taken as free);
 * ``overhead_s``: the runtime's per-call overhead measured by the sweep (a null graph).
 
 **Refit** (``refit(samples)``, the search's per-model correction): with one sample (a search's
@@ -45,7 +48,7 @@ from costmodels.kernel_predictor import KernelPredictor, find_for_device
 from costmodels.memory import DTYPE_BYTES
 from costmodels.kernels import (batch_kernel_corrections, kernel_correction, kernel_density, kernel_keys,
                                 static_signature)
-from costmodels.ops import OP_KINDS, op_gaps, op_table
+from costmodels.ops import GLUE_KIND, OP_KINDS, op_gaps, op_table
 
 __all__ = ["KernelModel"]
 
@@ -61,6 +64,11 @@ class KernelModel(CostModel):
     version = 1
     priced_op_kinds = frozenset(OP_KINDS)
 
+    @property
+    def prices_glue(self) -> bool:  # type: ignore[override]
+        """True when the predictor's sweep timed glue (predictors swept before it did price none)."""
+        return self.predictor is not None and GLUE_KIND in self.predictor.op_coef
+
     def __init__(self, target: Any, dtype: str = "fp32", predictor: KernelPredictor | None = None) -> None:
         super().__init__(target)
         self.dtype = dtype
@@ -75,7 +83,7 @@ class KernelModel(CostModel):
         self.overhead_s = 0.0
         self.scale = 1.0
         self.corrections: dict[str, float] = {}
-        self.op_scale: dict[str, float] = {k: 1.0 for k in OP_KINDS}
+        self.op_scale: dict[str, float] = {k: 1.0 for k in (*OP_KINDS, GLUE_KIND)}
         if predictor is not None:
             self._use(predictor)
         self.provenance.update(relative_std=0.15, source="kernel predictor swept on the device")
@@ -87,6 +95,7 @@ class KernelModel(CostModel):
                                  f"search with --runtime {predictor.runtime}, or sweep {rt}")
         self.predictor = predictor
         self.overhead_s = predictor.overhead_s
+        self.priced_op_kinds = frozenset(OP_KINDS) | ({GLUE_KIND} if self.prices_glue else set())
 
     def _need(self) -> KernelPredictor:
         if self.predictor is None:
@@ -228,6 +237,7 @@ class KernelModel(CostModel):
             self.scale = float(params["scale"])
             self.overhead_s = float(params["overhead_s"])
             self.corrections = {str(k): float(v) for k, v in params.get("corrections", {}).items()}
-            self.op_scale = {k: 1.0 for k in OP_KINDS} | {str(k): float(v) for k, v in params.get("op_scale", {}).items()}
+            self.op_scale = {k: 1.0 for k in (*OP_KINDS, GLUE_KIND)} | {str(k): float(v) for k, v in
+                                                                        params.get("op_scale", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CostModelFileError(f"kernel cost-model parameters are malformed ({exc}); refit the model") from None

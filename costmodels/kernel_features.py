@@ -20,8 +20,9 @@ weight elements), ``log_act`` (log2 input + output activation elements), ``log_i
 SiLU/sigmoid/tanh-like), ``add`` / ``mul`` (a residual add / a gating multiply fused after it),
 ``in_aligned`` / ``out_aligned`` (1 when the kept input / output channel count is a multiple of 8:
 vectorised kernels run other widths with remainder loops, and on this kind of CPU a pruned layer
-with an odd channel count can be slower than a wider aligned one). Not yet a feature: alignment
-to 16, the NCHWc block of ONNX Runtime's 2-D convs with AVX-512 (see ``studies/zeroshot``).
+with an odd channel count can be slower than a wider aligned one), ``in_aligned16`` /
+``out_aligned16`` (the same for 16: with AVX-512 ONNX Runtime runs 2-D convs in a blocked layout,
+NCHWc, of 16 channels, so 8 kept channels can cost what 16 do; see ``studies/zeroshot``).
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ __all__ = ["FEATURES", "KIND_CODES", "ACT_CODES", "parse_static", "epilogue_code
            "feature_matrix", "resolved_features", "array_features"]
 
 FEATURES = ("kind", "ndim", "log_cin", "log_cout", "log_k", "log_pos", "log_stride", "log_groups", "log_macs",
-            "log_weights", "log_act", "log_intensity", "act", "add", "mul", "in_aligned", "out_aligned")
+            "log_weights", "log_act", "log_intensity", "act", "add", "mul", "in_aligned", "out_aligned",
+            "in_aligned16", "out_aligned16")
 KIND_CODES = {"conv": 0, "depthwise": 1, "grouped": 2, "linear": 3}
 #: Epilogue op → activation class (the tree splits on the class, not on the op name).
 ACT_CODES = {"relu": 1, "relu6": 1, "hardtanh": 1, "clamp": 1, "leaky_relu": 1, "elu": 1, "gelu": 2,
@@ -91,7 +93,8 @@ def feature_matrix(static: Sequence[tuple[int, ...]], kept_in: np.ndarray, kept_
                 np.broadcast_to(np.log2(ke), shape), np.log2(pos), np.broadcast_to(np.log2(stride), shape),
                 np.log2(groups), np.log2(macs), np.log2(weights), np.log2(acts),
                 np.log2(macs / (weights + acts)), np.broadcast_to(act, shape), np.broadcast_to(add, shape),
-                np.broadcast_to(mul, shape), (kept_in % 8 == 0).astype(float), (kept_out % 8 == 0).astype(float)]
+                np.broadcast_to(mul, shape), (kept_in % 8 == 0).astype(float), (kept_out % 8 == 0).astype(float),
+                (kept_in % 16 == 0).astype(float), (kept_out % 16 == 0).astype(float)]
     return np.stack(cols_out, axis=-1)
 
 

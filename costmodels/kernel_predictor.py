@@ -62,7 +62,7 @@ TREE_PARAMS = {"max_iter": 400, "learning_rate": 0.06, "max_leaf_nodes": 15, "mi
                "l2_regularization": 0.1, "random_state": 0}
 #: The op kinds the sweep times (``ModelGraph.ops`` kinds), each priced as
 #: ``a + b · MACs + c · bytes + d · other FLOPs`` seconds (:meth:`KernelPredictor.op_seconds`).
-OP_TERMS = ("attention", "matmul", "embedding", "norm", "softmax")
+OP_TERMS = ("attention", "matmul", "embedding", "norm", "softmax", "glue")
 _FINGERPRINT_KEYS = ("cpu", "cores", "runtime", "runtime_version", "threads")
 _LOADED: dict[tuple[str, int], tuple[Any, str]] = {}
 

@@ -19,19 +19,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["OP_KINDS", "OP_COLUMNS", "op_table", "op_gaps", "kept_fraction", "head_fraction", "op_work"]
+__all__ = ["OP_KINDS", "GLUE_KIND", "OP_COLUMNS", "op_table", "op_gaps", "kept_fraction", "head_fraction", "op_work"]
 
 #: The op kinds ``ModelGraph.ops`` holds (:data:`hwsearch.graph_ops.OP_KINDS`; costmodels may not
 #: import it, ``tests/test_op_pricing.py`` checks the two are equal).
 OP_KINDS: tuple[str, ...] = ("attention", "matmul", "embedding", "norm", "softmax")
+#: The kind of ``ModelGraph.glue`` rows (:data:`hwsearch.graph_ops.GLUE_KIND`): elementwise nodes
+#: outside layers, their epilogues and the ops above, priced only by a model whose
+#: ``prices_glue`` is true (:func:`op_table` with ``glue=True``).
+GLUE_KIND = "glue"
 #: The columns of ``ModelGraph.ops`` a cost model reads.
 OP_COLUMNS = ("kind", "macs", "flops_other", "bytes_in", "bytes_out", "group")
 
 
-def op_table(graph: Any) -> pd.DataFrame:
+def op_table(graph: Any, glue: bool = False) -> pd.DataFrame:
     """``graph.ops`` (indexed by node name), or an empty table with :data:`OP_COLUMNS` when the
-    graph has none (``None``: built before ops were counted, or elsewhere)."""
+    graph has none (``None``: built before ops were counted, or elsewhere). ``glue``: followed by
+    ``graph.glue``'s rows (kind :data:`GLUE_KIND`), for a cost model that prices them
+    (``CostModel.prices_glue``); the others absorb glue in their overhead terms."""
     ops = getattr(graph, "ops", None)
+    extra = getattr(graph, "glue", None) if glue else None
+    if extra is not None and len(extra):
+        ops = extra if ops is None or len(ops) == 0 else pd.concat([ops, extra])
     if ops is None or len(ops) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "kind" else np.int64) for c in OP_COLUMNS})
     return ops

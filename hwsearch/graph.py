@@ -34,7 +34,7 @@ import torch_pruning as tp
 
 from hwsearch.core.errors import ModelError
 from hwsearch.graph_heads import HEAD_COLUMNS, HeadGroup, find_head_groups
-from hwsearch.graph_ops import op_kind, op_row
+from hwsearch.graph_ops import glue_row, op_kind, op_row
 
 __all__ = ["ChannelGroup", "ModelGraph", "analyze", "PRUNABLE_TYPES"]
 
@@ -62,7 +62,12 @@ _EPILOGUE_OPS = frozenset({
 def _epilogue(node: torch.fx.Node) -> str:
     """The chain of elementwise ops that follows ``node`` alone ("batch_norm+add+relu"), as a
     compiler fuses it into the layer's kernel; "" when none does."""
-    ops: list[str] = []
+    return "+".join(op for op, _ in _epilogue_chain(node))
+
+
+def _epilogue_chain(node: torch.fx.Node) -> list[tuple[str, str]]:
+    """``(op, node name)`` of each op of :func:`_epilogue`'s chain."""
+    ops: list[tuple[str, str]] = []
     cur = node
     while len(cur.users) == 1:
         (user,) = cur.users
@@ -74,9 +79,9 @@ def _epilogue(node: torch.fx.Node) -> str:
             continue
         if name not in _EPILOGUE_OPS:
             break
-        ops.append(name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name)
+        ops.append((name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name, user.name))
         cur = user
-    return "+".join(ops)
+    return ops
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class ModelGraph:
     uncovered: tuple[str, ...] = ()  # "node (aten op)" for compute ops with no layer row
     ops: pd.DataFrame | None = None  # attention, matmul, embedding, norm, softmax: see hwsearch.graph_ops
     heads: dict[str, HeadGroup] = field(default_factory=dict)  # attention blocks by query projection
+    glue: pd.DataFrame | None = None  # elementwise nodes outside layers, epilogues and ops: hwsearch.graph_ops
 
     @property
     def layers(self) -> list[str]:
@@ -170,6 +176,9 @@ def analyze(
     index_of = {n: i for i, n in enumerate(nodes)}
     act_rows = []
     op_rows: list[dict] = []
+    glue_rows: list[dict] = []
+    epilogue_nodes: set[str] = set()  # fused into a layer's kernel: not glue
+    on_input = set(ep.graph_signature.user_inputs)  # nodes that depend on the model's input
     uncovered: list[str] = []
     for i, node in enumerate(nodes):
         val = node.meta.get("val")
@@ -184,15 +193,20 @@ def analyze(
                                  "src": [a.name for a in node.args if isinstance(a, torch.fx.Node)]})
         if node.op != "call_function":
             continue
+        if any(a.name in on_input for a in node.all_input_nodes):
+            on_input.add(node.name)
         op = _LAYER_OPS.get(str(node.target))
         if op is None:
             counted = op_row(node)
+            first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
             if counted is not None:  # attention, matmul, embedding, norm, softmax: priced from ``ops``
-                first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
                 op_rows.append({**counted, "input": first.name if first is not None else None})
             elif any(k in str(node.target) for k in _UNCOVERED_OPS):
                 uncovered.append(f"{node.name} ({node.target})")
+            elif node.name in on_input and node.name not in epilogue_nodes and (g := glue_row(node)) is not None:
+                glue_rows.append({**g, "input": first.name if first is not None else None})
             continue
+        epilogue_nodes.update(n for _, n in _epilogue_chain(node))
         wnode = node.args[1]
         pname = param_of.get(getattr(wnode, "name", ""), "")
         mname = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else ""
@@ -261,9 +275,10 @@ def analyze(
     ops = _op_table(op_rows, group_of)
     ops["head_leader"] = [next((h.leader for h in heads.values() if h.node == n and not h.reason), "")
                           for n in ops.index]
+    glue = _op_table(glue_rows, group_of).assign(head_leader="")
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
                       activations=activations.drop(columns=["src"]), groups=groups,
-                      uncovered=tuple(uncovered), ops=ops, heads=heads)
+                      uncovered=tuple(uncovered), ops=ops, heads=heads, glue=glue)
 
 
 def _add_head_columns(table: pd.DataFrame, heads: dict[str, HeadGroup]) -> None:

@@ -27,7 +27,7 @@ import re
 
 import torch
 
-__all__ = ["OP_KINDS", "op_kind", "op_row"]
+__all__ = ["OP_KINDS", "GLUE_KIND", "op_kind", "op_row", "glue_row"]
 
 OP_KINDS = ("attention", "matmul", "embedding", "norm", "softmax")
 _KIND_BY_OP = {
@@ -39,6 +39,19 @@ _KIND_BY_OP = {
     "softmax": "softmax", "_softmax": "softmax", "_safe_softmax": "softmax", "log_softmax": "softmax",
 }
 FLOPS_PER_ELEMENT = {"norm": 5, "softmax": 5}
+
+#: The kind of ``ModelGraph.glue`` rows: elementwise nodes between layers and ops that no layer's
+#: epilogue absorbs (residual adds outside one, rotary mul/neg/cat, RMSNorm's pow/mean/rsqrt,
+#: pooling), each a kernel launch of its own in a runtime like ONNX Runtime.
+GLUE_KIND = "glue"
+# Not glue: layout-only ops a runtime runs as metadata or folds into the next kernel (Reshape,
+# Unsqueeze, a Transpose absorbed by MatMul); casts and copies of what export folds away.
+_NOT_GLUE = frozenset({
+    "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand", "expand_as", "slice", "select", "transpose",
+    "permute", "t", "flatten", "unflatten", "contiguous", "clone", "alias", "detach", "detach_", "lift_fresh_copy",
+    "to", "_to_copy", "type_as", "dropout", "split", "split_with_sizes", "chunk", "unbind", "getitem", "narrow",
+    "as_strided", "_assert_tensor_metadata", "_assert_scalar", "sym_size", "sym_numel", "scalar_tensor", "arange",
+    "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones"})
 
 
 def op_kind(target: object) -> str | None:
@@ -114,3 +127,23 @@ def op_row(node: torch.fx.Node) -> dict | None:
         x = _val(node.args[0])
         row.update({"bytes_in": _bytes(x), "flops_other": int(out.numel()) * FLOPS_PER_ELEMENT[kind]})
     return row
+
+
+def glue_row(node: torch.fx.Node) -> dict | None:
+    """The :data:`GLUE_KIND` row of a node that computes on activations and is neither a layer,
+    an op (:func:`op_row`) nor layout-only; None otherwise. The caller keeps only nodes that
+    depend on the model's input (what depends on constants alone, export folds) and outside every
+    layer's epilogue. Bytes: the tensors it reads and writes; ``flops_other``: its output elements."""
+    out = node.meta.get("val")
+    name = str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+    if node.op != "call_function" or not isinstance(out, torch.Tensor) or name in _NOT_GLUE:
+        return None
+    if op_kind(node.target) is not None or out.is_complex() or not out.is_floating_point():
+        return None
+    reads = [t for t in (_val(a) for a in node.args) if t is not None]
+    reads += [t for a in node.args if isinstance(a, (list, tuple)) for t in (_val(b) for b in a) if t is not None]
+    return {"node": node.name, "kind": GLUE_KIND, "aten": str(node.target), "out_shape": tuple(out.shape),
+            "macs": 0, "flops_other": int(out.numel()), "bytes_in": sum(_bytes(t) for t in reads),
+            "bytes_out": _bytes(out), "weight_bytes": 0, "batch": None, "heads": None, "kv_heads": None,
+            "seq_q": None, "seq_k": None, "head_dim": None}
+

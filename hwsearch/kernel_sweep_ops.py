@@ -8,7 +8,11 @@ these ops are bandwidth- or overhead-bound at the zoo's sizes and a linear law i
 Each op is the ONNX subgraph ``torch.onnx.export`` writes for it: attention as
 MatMul(q, kᵀ) · scale → Softmax → MatMul(v) (what scaled_dot_product_attention exports to, and
 ONNX Runtime fuses into FusedMatMul); LayerNormalization; Softmax on the last axis; Gather of
-token rows; a batched MatMul. RMSNorm (Llama) is priced as LayerNorm.
+token rows; a batched MatMul. RMSNorm (Llama) is priced as LayerNorm. ``glue`` (an elementwise
+node between kernels: a residual add outside an epilogue, a rotary multiply, pooling; the
+``ModelGraph.glue`` rows) is a chain of ``Add(y, x)`` nodes — a chain, so ONNX Runtime cannot
+merge the copies as common subexpressions — and its law, mostly the per-node launch cost
+``a``, prices each glue row from its bytes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ __all__ = ["OpSpec", "sample_op_specs", "build_op_onnx", "measure_op_specs", "fi
 
 _OPSET = 20
 _F32 = 4
+GLUE = "glue"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class OpSpec:
             return {"macs": h * t * t * d, "flops_other": 0, "bytes": (2 * h * t * d + h * t * t) * _F32}
         if self.kind == "embedding":
             return {"macs": 0, "flops_other": 0, "bytes": (2 * t * d) * _F32 + t * 8}
+        if self.kind == GLUE:  # Add(y, x): reads two tensors, writes one
+            return {"macs": 0, "flops_other": t * d, "bytes": 3 * t * d * _F32}
         n = h * t * t if self.kind == "softmax" else t * d
         return {"macs": 0, "flops_other": 5 * n, "bytes": 2 * n * _F32}
 
@@ -78,15 +85,23 @@ def sample_op_specs(n_per_kind: int, *, seed: int) -> list[OpSpec]:
     return out
 
 
+def _input_copies(spec: OpSpec, copies: int) -> int:
+    """How many sets of inputs the graph of ``copies`` copies takes: one per copy (copies of an op
+    on the same tensors would be one node after ONNX Runtime's common-subexpression elimination),
+    one for the glue chain."""
+    return 1 if spec.kind == GLUE else copies
+
+
 def build_op_onnx(spec: OpSpec, copies: int, seed: int = 0) -> bytes:
-    """An ONNX model of ``copies`` copies of the op side by side on the same inputs."""
+    """An ONNX model of ``copies`` copies of the op side by side, each on inputs of its own (the
+    graph's inputs: :meth:`OpSpec.inputs` once per copy, copy by copy), or the glue chain."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    names = [f"in{i}" for i in range(len(spec.inputs()))]
     nodes, inits, outs = [], [], []
     for c in range(copies):
         tag = f"o{c}"
+        names = [f"in{i}_{0 if spec.kind == GLUE else c}" for i in range(len(spec.inputs()))]
         if spec.kind in ("attention", "matmul"):
             nodes.append(helper.make_node("Transpose", [names[1]], [f"{tag}_kt"], perm=[0, 1, 3, 2]))
             nodes.append(helper.make_node("MatMul", [names[0], f"{tag}_kt"], [f"{tag}_s"]))
@@ -102,6 +117,12 @@ def build_op_onnx(spec: OpSpec, copies: int, seed: int = 0) -> bytes:
             inits.append(numpy_helper.from_array(table, f"{tag}_table"))
             nodes.append(helper.make_node("Gather", [f"{tag}_table", names[0]], [f"{tag}_y"], axis=0))
             last = f"{tag}_y"
+        elif spec.kind == GLUE:
+            prev = names[0] if c == 0 else f"o{c - 1}_y"
+            nodes.append(helper.make_node("Add", [prev, names[0]], [f"{tag}_y"]))
+            last = f"{tag}_y"
+            if c < copies - 1:
+                continue  # only the chain's end is an output
         elif spec.kind == "norm":
             inits += [numpy_helper.from_array(np.ones(spec.dim, np.float32), f"{tag}_g"),
                       numpy_helper.from_array(np.zeros(spec.dim, np.float32), f"{tag}_b")]
@@ -112,8 +133,9 @@ def build_op_onnx(spec: OpSpec, copies: int, seed: int = 0) -> bytes:
             nodes.append(helper.make_node("Softmax", [names[0]], [f"{tag}_y"], axis=-1))
             last = f"{tag}_y"
         outs.append(helper.make_tensor_value_info(last, TensorProto.FLOAT, None))
-    ins = [helper.make_tensor_value_info(n, TensorProto.INT64 if s.get("int_high") else TensorProto.FLOAT, s["shape"])
-           for n, s in zip(names, spec.inputs())]
+    ins = [helper.make_tensor_value_info(f"in{i}_{c}", TensorProto.INT64 if s.get("int_high") else TensorProto.FLOAT,
+                                         s["shape"]) for c in range(_input_copies(spec, copies))
+           for i, s in enumerate(spec.inputs())]
     model = helper.make_model(helper.make_graph(nodes, "op", ins, outs, inits),
                               opset_imports=[helper.make_opsetid("", _OPSET)])
     model.ir_version = 9
@@ -126,7 +148,8 @@ def measure_op_specs(specs: list[OpSpec], cfg: Any, work_dir: Path,
     most 16, from 1 µs + bytes at 5 GB/s); one row per spec with its work and ``latency_s``."""
     rows = [s.row() for s in specs]
     copies = [int(min(16, max(1, math.ceil(60e-6 / (1e-6 + r["bytes"] / 5e9 + r["macs"] / 2e9))))) for r in rows]
-    graphs = [(lambda s=s, c=c, i=i: build_op_onnx(s, c, seed=i), s.inputs()) for i, (s, c) in enumerate(zip(specs, copies))]
+    graphs = [(lambda s=s, c=c, i=i: build_op_onnx(s, c, seed=i), s.inputs() * _input_copies(s, c))
+              for i, (s, c) in enumerate(zip(specs, copies))]
     timed, overhead = time_graphs(graphs, cfg, work_dir)
     out = []
     for s, r, c, t in zip(specs, rows, copies, timed):

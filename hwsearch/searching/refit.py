@@ -5,6 +5,7 @@ import logging
 
 import costmodels
 from costmodels.base import FitReport, Sample
+from costmodels.ops import op_table
 from hwsearch.core.errors import PlanError
 from hwsearch.core.plan import Plan
 from hwsearch.core.resolve import resolve
@@ -39,7 +40,10 @@ def _say_once(line: str) -> None:
         log.info(line)
 
 
-def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig) -> list[Sample]:
+def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig, glue: bool = False) -> list[Sample]:
+    """The successful records of this model as refit samples; ``glue``: their op tables hold the
+    graph's glue rows too (for a cost model that prices them, ``CostModel.prices_glue``)."""
+    ops = op_table(graph, glue=glue)
     out = []
     for r in recs:
         if r.get("error") or not r.get("latency_s"):
@@ -54,7 +58,7 @@ def samples_from_records(graph: ModelGraph, recs: list[dict], cfg: SearchConfig)
         k = float(r.get("drift_factor") or 1.0)
         layer_s = {name: v * k for name, v in (r.get("layer_s") or {}).items()} or None
         out.append(Sample(res, float(r["latency_s"]) * k, layer_s,
-                          {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None, ops=graph.ops))
+                          {"mcu_rows": r["mcu_rows"]} if r.get("mcu_rows") else None, ops=ops))
     return out
 
 
@@ -65,7 +69,7 @@ def fit_cost_model(target: TargetSpec, graph: ModelGraph, recs: list[dict],
     for the target's runtime (``hwsearch sweep``), else the target's analytical model. Deterministic: the same records give the same model, so a resumed search
     prices plans exactly as the interrupted one did."""
     cm = costmodels.load(cfg.costmodel_path, target) if cfg.costmodel_path else _device_model(target)
-    samples = samples_from_records(graph, recs, cfg)
+    samples = samples_from_records(graph, recs, cfg, glue=cm.prices_glue)
     if not samples:
         return cm, None
     return cm, cm.refit(samples)

@@ -46,6 +46,7 @@ from costmodels.base import Sample, fidelity
 from costmodels.batch import BatchPricer
 from costmodels.kernel_cost import KernelModel
 from costmodels.kernel_predictor import find_for_device
+from costmodels.ops import op_table
 from hwsearch import prune
 from hwsearch.core.plan import Plan
 from hwsearch.core.resolve import resolve
@@ -151,7 +152,8 @@ def measure_model(name: str, spec: str, a: argparse.Namespace, target, work: Pat
     refit = costmodels.default_for(target)
     if dense_s:
         refit.refit([Sample(resolved[0], dense_s, None, ops=graph.ops)])
-    pred = {"kernel": [kernel.total_latency(r, graph.ops) for r in resolved],
+    kops = op_table(graph, glue=kernel.prices_glue)  # with the glue rows the kernel model prices
+    pred = {"kernel": [kernel.total_latency(r, kops) for r in resolved],
             "roofline": [roof.total_latency(r, graph.ops) for r in resolved],
             "roofline+dense refit": [refit.total_latency(r, graph.ops) for r in resolved]}
     rows = []
