@@ -9,7 +9,10 @@ Conv+Relu → FusedConv, MatMul+Add → Gemm), in milliseconds instead of the se
 takes. To amortise the runtime's per-call overhead, one graph holds ``copies`` of the kernel side
 by side on the same input (enough copies that they take about :data:`TARGET_CALL_S`, at most
 16); a *null* graph (one ReLU on a scalar-sized input) is timed in every sitting, and a kernel's
-time is ``(t_graph − t_null) / copies``. ``t_null`` is the runtime's per-call overhead.
+time is ``(t_graph − t_null) / copies``. ``t_null`` is the runtime's per-call overhead. A 2-D conv
+is timed as a chain of ``copies`` and of ``2 · copies`` (see :func:`build_onnx`) and costs
+``(t_2c − t_c) / copies``: what one more conv adds inside a chain, without the reorders into and
+out of ONNX Runtime's blocked layout that every graph pays once and a layer inside a model does not.
 
 **How it is timed.** Like :mod:`targets.runtimes` sittings: every batch of graphs is timed
 interleaved in a fresh worker process (ONNX Runtime CPU execution provider, one global intra-op
@@ -399,7 +402,8 @@ def sweep(cfg: SweepConfig | None = None, *, out: Path | None = None, work_dir: 
     tmp = tempfile.TemporaryDirectory(prefix="hwsearch-sweep-") if work_dir is None else None
     wdir = Path(work_dir or tmp.name)
     meta: dict[str, Any] = {"runtime": cfg.runtime, "threads": cfg.n_threads, "config": asdict(cfg),
-                            "protocol": "each kernel as copies in one ONNX graph, minus a null graph; "
+                            "protocol": "each kernel as copies in one ONNX graph, minus a null graph "
+                                        "(2-D convs: a chain of 2c minus one of c copies); "
                                         f"{cfg.passes} fresh processes x {cfg.timing_rounds} interleaved rounds, "
                                         f"quantile {cfg.quantile} of the samples"}
     try:
@@ -457,14 +461,27 @@ def measure_specs(specs: list[KernelSpec], cfg: SweepConfig, work_dir: Path, *,
     ``copies``, ``graph_s`` / ``graph_iqr_s`` of its graph, ``latency_s`` = (graph − null) /
     copies, ``error``) and the null graph's ``{"overhead_s", "overhead_iqr_s"}``."""
     copies = [_copies(s, guess) for s in specs]
-    graphs = [(lambda s=s, c=c, i=i: build_onnx(s, c, seed=i),
-               [{"shape": list(s.in_shape())}] + ([{"shape": list(s.out_shape())}]
-                                                  if "add" in s.epilogue.split("+") else []))
-              for i, (s, c) in enumerate(zip(specs, copies))]
-    timed, overhead = time_graphs(graphs, cfg, work_dir)
-    rows = [asdict(s) | {"copies": c} | t for s, c, t in zip(specs, copies, timed)]
+
+    def inputs(s: KernelSpec) -> list[dict]:
+        return [{"shape": list(s.in_shape())}] + ([{"shape": list(s.out_shape())}]
+                                                  if "add" in s.epilogue.split("+") else [])
+
+    # 2-D convs: also a chain twice as long, timed next to it (same batch, same rounds); the
+    # difference is what one more conv costs inside a chain of convs, free of the per-graph
+    # reorders to and from ONNX Runtime's blocked layout (NCHWc) that a conv in a model does not pay
+    entries = [(i, m) for i, s in enumerate(specs) for m in ((1, 2) if s.ndim == 2 else (1,))]
+    graphs = [(lambda s=specs[i], c=copies[i] * m, i=i: build_onnx(s, c, seed=i), inputs(specs[i])) for i, m in entries]
+    timed_all, overhead = time_graphs(graphs, cfg, work_dir)
+    timed = [t for (_, m), t in zip(entries, timed_all) if m == 1]
+    rows = [asdict(s) | {"copies": c} | t | {"graph2_s": math.nan} for s, c, t in zip(specs, copies, timed)]
+    for (i, m), t in zip(entries, timed_all):
+        if m == 2:
+            rows[i]["graph2_s"] = t["graph_s"]
+            rows[i]["error"] = rows[i]["error"] or t["error"]
     for r in rows:
         r["latency_s"] = (r["graph_s"] - overhead["overhead_s"]) / r["copies"]
+        if r["graph2_s"] == r["graph2_s"] and r["graph2_s"] > r["graph_s"]:
+            r["latency_s"] = (r["graph2_s"] - r["graph_s"]) / r["copies"]
         if not r["error"] and not r["latency_s"] > 0:
             r["error"] = "no positive time above the null graph"
     return pd.DataFrame(rows), overhead
