@@ -84,6 +84,21 @@ def _epilogue_chain(node: torch.fx.Node) -> list[tuple[str, str]]:
     return ops
 
 
+def _not_a_layer(node: torch.fx.Node, may_be_glue: bool, op_rows: list[dict], glue_rows: list[dict],
+                 uncovered: list[str]) -> None:
+    """File a node that is not a prunable layer: a counted op (attention, matmul, embedding, norm,
+    softmax: priced from ``ops``), an uncovered compute op, or glue (``may_be_glue``: it depends
+    on the model's input and no layer's epilogue holds it)."""
+    counted = op_row(node)
+    first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+    if counted is not None:
+        op_rows.append({**counted, "input": first.name if first is not None else None})
+    elif any(k in str(node.target) for k in _UNCOVERED_OPS):
+        uncovered.append(f"{node.name} ({node.target})")
+    elif may_be_glue and (g := glue_row(node)) is not None:
+        glue_rows.append({**g, "input": first.name if first is not None else None})
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """Layers whose output channels must be pruned together.
@@ -193,18 +208,11 @@ def analyze(
                                  "src": [a.name for a in node.args if isinstance(a, torch.fx.Node)]})
         if node.op != "call_function":
             continue
-        if any(a.name in on_input for a in node.all_input_nodes):
-            on_input.add(node.name)
+        on_input.update([node.name] if any(a.name in on_input for a in node.all_input_nodes) else [])
         op = _LAYER_OPS.get(str(node.target))
         if op is None:
-            counted = op_row(node)
-            first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
-            if counted is not None:  # attention, matmul, embedding, norm, softmax: priced from ``ops``
-                op_rows.append({**counted, "input": first.name if first is not None else None})
-            elif any(k in str(node.target) for k in _UNCOVERED_OPS):
-                uncovered.append(f"{node.name} ({node.target})")
-            elif node.name in on_input and node.name not in epilogue_nodes and (g := glue_row(node)) is not None:
-                glue_rows.append({**g, "input": first.name if first is not None else None})
+            _not_a_layer(node, node.name in on_input and node.name not in epilogue_nodes, op_rows, glue_rows,
+                         uncovered)
             continue
         epilogue_nodes.update(n for _, n in _epilogue_chain(node))
         wnode = node.args[1]
@@ -275,10 +283,9 @@ def analyze(
     ops = _op_table(op_rows, group_of)
     ops["head_leader"] = [next((h.leader for h in heads.values() if h.node == n and not h.reason), "")
                           for n in ops.index]
-    glue = _op_table(glue_rows, group_of).assign(head_leader="")
     return ModelGraph(model=model, example_inputs=tuple(example_inputs), table=table,
-                      activations=activations.drop(columns=["src"]), groups=groups,
-                      uncovered=tuple(uncovered), ops=ops, heads=heads, glue=glue)
+                      activations=activations.drop(columns=["src"]), groups=groups, uncovered=tuple(uncovered),
+                      ops=ops, heads=heads, glue=_op_table(glue_rows, group_of).assign(head_leader=""))
 
 
 def _add_head_columns(table: pd.DataFrame, heads: dict[str, HeadGroup]) -> None:
