@@ -12,7 +12,7 @@ valid record makes the step an error: TVM's default code is never reported as a 
 
 The steps taken so far are kept in ``<work_dir>/tuning_curve.json`` (trials and tuning seconds
 per step), so ``trials_total`` counts every step on that database. Each step runs in a fresh
-process (:func:`_worker_main` on a job folder) by default: timings drift in long
+process (:mod:`targets.tvm._worker`, started by :mod:`targets.tvm._jobs`) by default: timings drift in long
 processes, and TVM's spinning thread pool would slow whatever runs next in the caller's.
 """
 from __future__ import annotations
@@ -20,12 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import shutil
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,9 +40,6 @@ __all__ = ["TuningStep", "tune_more", "tuning_curve_state"]
 logger = logging.getLogger(__name__)
 
 _STATE = "tuning_curve.json"
-# ``python -c`` rather than ``-m``: the package imports this module, and runpy would run it twice.
-_WORKER = ("import sys; from targets.tvm._tuning_curve import _worker_main; "
-           "sys.exit(_worker_main(sys.argv))")
 
 
 @dataclass(frozen=True)
@@ -230,69 +222,10 @@ def tune_and_measure(exported_program: Any, inputs: Sequence[np.ndarray],
 
 def _run_job(exported: Any, inputs: list[np.ndarray], reference: list[np.ndarray],
              kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """:func:`tune_and_measure` in a fresh Python process (:func:`_worker_main` on a job folder);
+    """:func:`tune_and_measure` in a fresh Python process (:func:`~targets.tvm._jobs.run_in_worker`);
     its outcome, or one with ``error`` when the process could not be started, crashed or timed
     out."""
-    import torch
+    from ._jobs import run_in_worker
 
-    from ._measure import _kill_group, _last_line
-
-    job = Path(kwargs["work_dir"]) / "jobs" / f"curve-{time.strftime('%Y%m%d-%H%M%S')}-" \
-                                              f"{uuid.uuid4().hex[:8]}"
-    job.mkdir(parents=True)
-    try:
-        torch.export.save(exported, str(job / "program.pt2"))
-        with open(job / "job.pkl", "wb") as fh:
-            pickle.dump({"inputs": inputs, "reference": reference, "kwargs": kwargs}, fh)
-    except Exception as exc:  # noqa: BLE001
-        return {"error": f"cannot hand the model to a worker process: {one_line(exc)} — use "
-                         "fresh_process=False"}
-    log_path = job / "worker.log"
-    root = str(Path(__file__).resolve().parents[2])  # importable without an installed package
-    path = os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=root + (os.pathsep + path if path else ""))
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(job)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"tuning worker timed out after {timeout_s:.0f} s and was killed — "
-                             f"raise timeout_s or lower trials; log: {log_path}"}
-        finally:
-            _kill_group(proc)  # MetaSchedule's builder/runner workers live in its group
-    out_path = job / "outcome.json"
-    if rc == 0 and out_path.exists():
-        outcome = json.loads(out_path.read_text())
-        shutil.rmtree(job, ignore_errors=True)
-        return outcome
-    why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
-    return {"error": f"tuning worker crashed ({why}): {_last_line(log_path)} — full log: "
-                     f"{log_path}"}
-
-
-def _worker_main(argv: list[str]) -> int:
-    """Worker process entry (argv: ``[-c, <job_dir>]``): run one step, write outcome.json."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if len(argv) != 2:
-        logging.error("usage: python -c '%s' <job_dir>", _WORKER)
-        return 1
-    job = Path(argv[1])
-    with open(job / "job.pkl", "rb") as fh:
-        payload = pickle.load(fh)
-    kwargs = payload["kwargs"]
-    from ._env import intrinsic_families, register_cpu_tensor_intrinsics
-
-    families = intrinsic_families(kwargs["tvm_target"])
-    if families is not None:  # CPU only: skip registering the GPU tensor intrinsics (~20 s)
-        register_cpu_tensor_intrinsics(families)
-    import torch
-
-    exported = torch.export.load(str(job / "program.pt2"))
-    outcome = tune_and_measure(exported, payload["inputs"], payload["reference"], **kwargs)
-    tmp = job / "outcome.json.tmp"
-    tmp.write_text(json.dumps(outcome))
-    os.replace(tmp, job / "outcome.json")
-    return 0
+    outcome, error = run_in_worker(exported, inputs, reference, kwargs, timeout_s, entry="curve", what="tuning")
+    return outcome if outcome is not None else {"error": error}

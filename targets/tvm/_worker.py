@@ -1,9 +1,12 @@
-"""Worker entry point: ``python -m targets.tvm._worker <job_dir>``.
+"""Worker entry point: ``python -m targets.tvm._worker <job_dir>`` (started by
+:func:`targets.tvm._jobs.run_in_worker`).
 
 Reads ``<job_dir>/program.pt2`` (a saved ``torch.export`` program) and ``<job_dir>/job.pkl``
-(example inputs, torch reference outputs, keyword arguments of ``measure_exported``), measures
-in this fresh process and writes ``<job_dir>/result.json`` (a ``MeasureResult.to_dict()``).
-Exit status 0 when a record was written (which may itself report an error), 1 otherwise.
+(``entry``, example inputs, torch reference outputs, keyword arguments), runs the entry in this
+fresh process — ``measure``: ``measure_exported``, its ``MeasureResult.to_dict()``; ``curve``:
+``tune_and_measure`` (one step of a tuning curve), its outcome — and writes it to
+``<job_dir>/result.json``. Exit status 0 when a result was written (which may itself report an
+error), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -35,12 +38,17 @@ def main(argv: list[str]) -> int:
         register_cpu_tensor_intrinsics(families)
     import torch
 
-    from ._measure import measure_exported
-
     exported = torch.export.load(str(job / "program.pt2"))
-    record = measure_exported(exported, payload["inputs"], payload["reference"], **kwargs)
+    if payload.get("entry", "measure") == "curve":
+        from ._tuning_curve import tune_and_measure
+
+        result = tune_and_measure(exported, payload["inputs"], payload["reference"], **kwargs)
+    else:
+        from ._measure import measure_exported
+
+        result = measure_exported(exported, payload["inputs"], payload["reference"], **kwargs).to_dict()
     tmp = job / "result.json.tmp"
-    tmp.write_text(json.dumps(record.to_dict(), indent=1))
+    tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, job / "result.json")
     return 0
 
