@@ -47,6 +47,7 @@ import numpy as np
 
 from costmodels.errors import CostModelFileError
 from costmodels.kernel_features import FEATURES
+from costmodels.ops import GLUE_KIND, OP_KINDS
 
 __all__ = ["SCHEMA_VERSION", "FILE_KIND", "OP_TERMS", "KernelPredictor", "PredictorMismatchError", "device_fingerprint",
            "cache_dir", "default_path", "find_for_device", "SWEEP_COMMAND"]
@@ -62,7 +63,7 @@ TREE_PARAMS = {"max_iter": 400, "learning_rate": 0.06, "max_leaf_nodes": 15, "mi
                "l2_regularization": 0.1, "random_state": 0}
 #: The op kinds the sweep times (``ModelGraph.ops`` kinds), each priced as
 #: ``a + b · MACs + c · bytes + d · other FLOPs`` seconds (:meth:`KernelPredictor.op_seconds`).
-OP_TERMS = ("attention", "matmul", "embedding", "norm", "softmax", "glue")
+OP_TERMS = (*OP_KINDS, GLUE_KIND)
 _FINGERPRINT_KEYS = ("cpu", "cores", "runtime", "runtime_version", "threads")
 _LOADED: dict[tuple[str, int], tuple[Any, str]] = {}
 

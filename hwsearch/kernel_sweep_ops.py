@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from costmodels.kernel_predictor import OP_TERMS
+from costmodels.ops import GLUE_KIND as GLUE
 
 __all__ = ["OpSpec", "sample_op_specs", "build_op_onnx", "measure_op_specs", "fit_op_coefficients"]
 
 _OPSET = 20
 _F32 = 4
-GLUE = "glue"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from costmodels import CoverageError, Sample
 from costmodels.analytical import RooflineModel
 from costmodels.batch import BatchPricer
 from costmodels.memory import DTYPE_BYTES
-from costmodels.ops import OP_KINDS
+from costmodels.ops import GLUE_KIND, OP_KINDS
 from hwsearch import graph_ops
 from hwsearch.core.errors import PlanError
 from hwsearch.core.plan import LayerChoice, Plan
@@ -89,7 +89,7 @@ def _op(graph: ModelGraph, kind: str, group_of: str | None = None) -> str:
 
 
 def test_the_op_kinds_are_those_the_graph_counts():
-    assert OP_KINDS == graph_ops.OP_KINDS
+    assert OP_KINDS == graph_ops.OP_KINDS and GLUE_KIND == graph_ops.GLUE_KIND
 
 
 def test_the_encoder_has_every_op_kind_and_none_uncovered(graph):
